@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from converters.errors import UserError
+from converters.schemes import KV_KINDS, SCHEMES
 
-SCHEMES = ("fp16",)  # the quantizers add smoothquant-w8a8 and atom-w4a4
 DTYPES = ("float16", "bfloat16", "float32")
 
 
@@ -32,6 +32,108 @@ def _add_device(p: argparse.ArgumentParser) -> None:
                    help="compute dtype (default: float32 on cpu, the checkpoint dtype on cuda)")
 
 
+def _alpha(v: str) -> float | str:
+    if v == "auto":
+        return v
+    try:
+        return float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or 'auto', found {v!r}"
+                                         ) from None
+
+
+def _beta(v: str) -> float | None:
+    if v == "none":
+        return None
+    try:
+        return float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', found {v!r}") from None
+
+
+def _add_quant_options(c: argparse.ArgumentParser) -> None:
+    from converters.schemes import AtomConfig, CalibrationConfig
+
+    a, cal = AtomConfig(), CalibrationConfig()
+    kv = c.add_argument_group("KV cache (every scheme, fp16 included)")
+    kv.add_argument("--kv-cache", choices=KV_KINDS, default=None,
+                    help="KV cache format: fp16, int8 (static per-layer scale) or int4 "
+                         "(asymmetric per token and head group). Default: int4 for atom-w4a4, "
+                         "fp16 otherwise")
+    kv.add_argument("--k-group-size", type=int, default=None, metavar="N",
+                    help="int4 KV: K channels per scale/zero group (default 32 for head_size "
+                         ">= 64, else head_size)")
+    kv.add_argument("--v-group-size", type=int, default=None, metavar="N",
+                    help="int4 KV: V channels per scale/zero group (default head_size)")
+    kv.add_argument("--smooth-k", type=_beta, default=0.5, metavar="BETA|none",
+                    help="int4 KV: K smoothing strength folded into q/k rows before RoPE "
+                         "(default 0.5; none = off)")
+    sq = c.add_argument_group("smoothquant-w8a8")
+    sq.add_argument("--alpha", type=_alpha, default=None, metavar="A|auto",
+                    help="migration strength in [0, 1], or auto: per-layer grid search "
+                         "minimizing the quantized layer-output error (default: per "
+                         "architecture, converters/architectures.py)")
+    sq.add_argument("--act-quant", choices=("per-token", "per-tensor"), default="per-token",
+                    help="activation scales: per-token dynamic or per-tensor static "
+                         "(calibrated) (default per-token)")
+    at = c.add_argument_group("atom-w4a4")
+    at.add_argument("--outliers", type=int, default=a.outliers, metavar="N",
+                    help=f"outlier channels kept INT8 per linear input, rounded up so the "
+                         f"rest fills whole groups (default {a.outliers})")
+    at.add_argument("--group-size", type=int, default=a.group_size, metavar="G",
+                    help=f"INT4 group size (default {a.group_size})")
+    at.add_argument("--act-clip", type=float, default=a.act_clip, metavar="R",
+                    help=f"activation INT4 clipping ratio (default {a.act_clip})")
+    at.add_argument("--gptq", action=argparse.BooleanOptionalAction, default=a.gptq,
+                    help="GPTQ weight quantization in the reordered layout (default on)")
+    at.add_argument("--weight-clip-search", action=argparse.BooleanOptionalAction,
+                    default=a.weight_clip_search,
+                    help="search the INT4 weight clipping ratio per linear (default on)")
+    ca = c.add_argument_group("calibration")
+    src = ca.add_mutually_exclusive_group()
+    src.add_argument("--calib-text", metavar="FILE",
+                     help="UTF-8 calibration text (default: the calibration split of "
+                          "pydoc_data.topics)")
+    src.add_argument("--calib-dataset", metavar="NAME",
+                     help="calibration dataset through `datasets` (needs network): "
+                          "wikitext2-train, c4")
+    ca.add_argument("--num-samples", type=int, default=cal.num_samples, metavar="N",
+                    help=f"calibration windows (default {cal.num_samples})")
+    ca.add_argument("--seq-len", type=int, default=cal.seq_len, metavar="N",
+                    help=f"tokens per calibration window (default {cal.seq_len})")
+    ca.add_argument("--calib-stats", metavar="PATH",
+                    help="reuse calib_stats.safetensors saved beside an earlier checkpoint "
+                         "(GPTQ Hessians and searches still run a calibration pass)")
+
+
+def quantize_config(a: argparse.Namespace, head_size: int) -> Any:
+    from converters.schemes import (
+        AtomConfig,
+        CalibrationConfig,
+        KVCacheConfig,
+        QuantizeConfig,
+        SmoothQuantConfig,
+    )
+
+    kind = a.kv_cache or ("int4" if a.scheme == "atom-w4a4" else "fp16")
+    k_group = a.k_group_size or (32 if head_size >= 64 else head_size)
+    for name, v in (("--num-samples", a.num_samples), ("--seq-len", a.seq_len),
+                    ("--outliers", a.outliers + 1), ("--group-size", a.group_size)):
+        if v < 1:
+            raise UserError(f"{name} must be positive, found {v}")
+    return QuantizeConfig(
+        scheme=a.scheme,
+        kv=KVCacheConfig(kind=kind, k_group_size=k_group if kind == "int4" else None,
+                         v_group_size=a.v_group_size if kind == "int4" else None,
+                         smooth_k=a.smooth_k if kind == "int4" else None),
+        smoothquant=SmoothQuantConfig(alpha=None if a.alpha in (None, "auto") else a.alpha,
+                                      alpha_auto=a.alpha == "auto", act_quant=a.act_quant),
+        atom=AtomConfig(outliers=a.outliers, group_size=a.group_size, act_clip=a.act_clip,
+                        gptq=a.gptq, weight_clip_search=a.weight_clip_search),
+        calibration=CalibrationConfig(num_samples=a.num_samples, seq_len=a.seq_len),
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m builder",
@@ -48,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--output", "-o", required=True, metavar="DIR",
                    help="checkpoint directory to write (refused if not empty, see --force)")
     c.add_argument("--scheme", choices=SCHEMES, default="fp16",
-                   help="quantization scheme (fp16 = unquantized weights in --dtype)")
+                   help="quantization scheme: fp16 (float weights in --dtype), "
+                        "smoothquant-w8a8, atom-w4a4 (default fp16)")
     c.add_argument("--dtype", choices=DTYPES, default="float16",
                    help="dtype of the float tensors in the checkpoint (default float16)")
     c.add_argument("--tp-size", type=int, default=1, metavar="N",
@@ -56,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "TensorRT-LLM shards them (default 1)")
     c.add_argument("--force", action="store_true",
                    help="replace a non-empty output directory")
+    _add_quant_options(c)
 
     r = sub.add_parser("run", help="generate text from a checkpoint (reference runtime)",
                        description="Generate text with the PyTorch reference runtime; uses the "
@@ -115,8 +219,24 @@ def cmd_convert(a: argparse.Namespace) -> int:
     src = open_model(a.model)
     print(f"model: {src.description} ({src.spec.architecture}, "
           f"{src.spec.num_hidden_layers} layers)", file=sys.stderr)
-    convert(src, out, dtype=a.dtype, tp_size=a.tp_size, force=a.force,
-            extra_config={"lowbit": {"scheme": a.scheme, "source": src.description}})
+    extra = {"lowbit": {"scheme": a.scheme, "source": src.description}}
+    cfg = quantize_config(a, src.spec.head_size)
+    from converters.quantize import needs_calibration, quantize_model
+
+    if needs_calibration(cfg):
+        from converters.data import calibration_text, dataset_text, read_text_file
+
+        if a.calib_text:
+            text = read_text_file(a.calib_text)
+        elif a.calib_dataset:
+            text = dataset_text(a.calib_dataset)
+        else:
+            text = calibration_text()
+        quantize_model(src, out, cfg, text, dtype=a.dtype, tp_size=a.tp_size, force=a.force,
+                       calib_stats=Path(a.calib_stats) if a.calib_stats else None,
+                       extra_config=extra)
+    else:
+        convert(src, out, dtype=a.dtype, tp_size=a.tp_size, force=a.force, extra_config=extra)
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0
 

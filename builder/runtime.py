@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from converters.checkpoint import Checkpoint
+from converters.checkpoint import Checkpoint, spec_from_config
 from converters.errors import UserError
 from converters.loader import rope_inv_freq
 
@@ -32,14 +32,18 @@ class Linear(Protocol):
 
 
 class FloatLinear:
-    """y = x W^T + b in the compute dtype. W [N, K], b [N] or None."""
+    """y = x[:, perm] W^T + b in the compute dtype. W [N, K], b [N] or None, perm [K] or None
+    (a reorder_index whose permutation was applied to W's columns)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype,
-                 device: torch.device):
+                 device: torch.device, perm: torch.Tensor | None = None):
         self.weight = weight.to(device=device, dtype=dtype)
         self.bias = None if bias is None else bias.to(device=device, dtype=dtype)
+        self.perm = None if perm is None else perm.to(device).long()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.perm is not None:
+            x = x[..., self.perm]
         return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
 
 
@@ -80,16 +84,24 @@ CACHE_FACTORIES: dict[Any, Callable[..., Any]] = {}
 
 
 def _float_linear(t: dict[str, torch.Tensor], name: str, model: ReferenceModel) -> Linear:
-    return FloatLinear(t[f"{name}.weight"], t.get(f"{name}.bias"), model.dtype, model.device)
+    return FloatLinear(t[f"{name}.weight"], t.get(f"{name}.bias"), model.dtype, model.device,
+                       t.get(f"{name}.reorder_index"))
 
 
 LINEAR_FACTORIES[None] = _float_linear
 
 
+Taps = Callable[[str, torch.Tensor], None]
+
+
+def _no_tap(name: str, t: torch.Tensor) -> None:
+    pass
+
+
 @dataclass
 class Layer:
-    input_layernorm: torch.Tensor
-    post_layernorm: torch.Tensor
+    norm1: Callable[[torch.Tensor], torch.Tensor]  # input_layernorm (maybe with a reorder)
+    norm2: Callable[[torch.Tensor], torch.Tensor]  # post_layernorm
     qkv: Linear
     dense: Linear
     fc: Linear
@@ -101,43 +113,24 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-class ReferenceModel:
-    """A checkpoint ready to run. dtype: compute dtype (float32 on CPU by default)."""
+class Decoder:
+    """The decoder math of a checkpoint config, without weights: norms, RoPE, attention, one
+    layer's forward. ReferenceModel adds the weights; calibration runs layers one at a time."""
 
-    def __init__(self, ckpt: Checkpoint, device: str | torch.device | None = None,
+    def __init__(self, config: dict[str, Any], device: str | torch.device | None = None,
                  dtype: torch.dtype | None = None):
-        self.config = ckpt.config
-        self.spec = ckpt.spec
+        self.config = config
+        self.spec = spec_from_config(config)
         self.device = torch.device(device) if device is not None else default_device()
         if dtype is None:
-            ck = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(ckpt.config["dtype"],
+            ck = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(config["dtype"],
                                                                             torch.float32)
             dtype = ck if self.device.type == "cuda" else torch.float32
         self.dtype = dtype
-        q = ckpt.config.get("quantization", {}) or {}
+        q = config.get("quantization", {}) or {}
         self.quant_algo = q.get("quant_algo")
         self.kv_algo = q.get("kv_cache_quant_algo")
-        if self.quant_algo not in LINEAR_FACTORIES:
-            raise UserError(f"checkpoint quant_algo {self.quant_algo!r} is not supported by the "
-                            f"reference runtime; supported: {list(LINEAR_FACTORIES)}")
-        make_linear = LINEAR_FACTORIES[self.quant_algo]
-        s = self.spec
-        t = ckpt.tensors
-        to = {"device": self.device, "dtype": self.dtype}
-        self.embedding = t["transformer.vocab_embedding.weight"].to(**to)
-        self.ln_f = t["transformer.ln_f.weight"].to(device=self.device, dtype=torch.float32)
-        self.lm_head = t["lm_head.weight"].to(**to)
-        self.layers: list[Layer] = []
-        for i in range(s.num_hidden_layers):
-            lt = ckpt.layer(i)
-            self.layers.append(Layer(
-                input_layernorm=lt["input_layernorm.weight"].to(self.device, torch.float32),
-                post_layernorm=lt["post_layernorm.weight"].to(self.device, torch.float32),
-                **{n: make_linear(lt, p, self) for n, p in (
-                    ("qkv", "attention.qkv"), ("dense", "attention.dense"), ("fc", "mlp.fc"),
-                    ("gate", "mlp.gate"), ("proj", "mlp.proj"))},
-            ))
-        self.inv_freq = rope_inv_freq(self.config).to(self.device)
+        self.inv_freq = rope_inv_freq(config).to(self.device)
 
     # -- pieces ---------------------------------------------------------------------------
     def rms_norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -184,27 +177,97 @@ class ReferenceModel:
         return out.to(self.dtype)
 
     # -- forward --------------------------------------------------------------------------
+    def layer_forward(self, i: int, layer: Layer, x: torch.Tensor, cache: Any,
+                      positions: torch.Tensor, taps: Taps | None = None) -> torch.Tensor:
+        """One decoder layer. x [B, T, H] -> [B, T, H]. `taps`, if given, is called with
+        (name, tensor) at every linear input (qkv_in, dense_in, fc_in, proj_in, as [B*T, K]),
+        linear output (qkv_out, dense_out, fc_out, gate_out, proj_out) and at k_pre (k before
+        RoPE), k and v ([B, nkv, T, d]); calibration records statistics there."""
+        s = self.spec
+        b, t, _ = x.shape
+        start = cache.length
+        nq, nkv, d = s.num_attention_heads, s.num_key_value_heads, s.head_size
+        tap = taps or _no_tap
+        n1 = layer.norm1(x).reshape(b * t, -1)
+        tap("qkv_in", n1)
+        qkv = layer.qkv(n1)
+        tap("qkv_out", qkv)
+        q, k, v = torch.split(qkv.reshape(b, t, -1), [nq * d, nkv * d, nkv * d], dim=-1)
+        k = k.reshape(b, t, nkv, d).transpose(1, 2)
+        tap("k_pre", k)
+        q = self.rope(q.reshape(b, t, nq, d).transpose(1, 2), positions)
+        k = self.rope(k, positions)
+        v = v.reshape(b, t, nkv, d).transpose(1, 2)
+        tap("k", k)
+        tap("v", v)
+        k_all, v_all = cache.append(i, k, v)
+        a = self.attention(q, k_all, v_all, start).transpose(1, 2).reshape(b * t, nq * d)
+        tap("dense_in", a)
+        o = layer.dense(a)
+        tap("dense_out", o)
+        x = x + o.reshape(b, t, -1).to(x.dtype)
+        n2 = layer.norm2(x).reshape(b * t, -1)
+        tap("fc_in", n2)
+        f, g = layer.fc(n2), layer.gate(n2)
+        tap("fc_out", f)
+        tap("gate_out", g)
+        m = F.silu(f) * g
+        tap("proj_in", m)
+        p = layer.proj(m)
+        tap("proj_out", p)
+        return x + p.reshape(b, t, -1).to(x.dtype)
+
+    def make_layer(self, lt: dict[str, torch.Tensor],
+                   make_linear: Callable[..., Linear] | None = None) -> Layer:
+        """A Layer from one layer's tensors (TensorRT-LLM names below the layer prefix)."""
+        make_linear = make_linear or LINEAR_FACTORIES[None]
+        return Layer(
+            norm1=self.make_norm(lt, "input_layernorm"),
+            norm2=self.make_norm(lt, "post_layernorm"),
+            **{n: make_linear(lt, p, self) for n, p in (
+                ("qkv", "attention.qkv"), ("dense", "attention.dense"), ("fc", "mlp.fc"),
+                ("gate", "mlp.gate"), ("proj", "mlp.proj"))},
+        )
+
+    def make_norm(self, lt: dict[str, torch.Tensor], name: str
+                  ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """RMSNorm; with `{name}.reorder_index` (Atom) the output channels come out permuted:
+        out[..., j] = rmsnorm(x)[..., perm[j]] (the stored weight is already permuted)."""
+        w = lt[f"{name}.weight"].to(self.device, torch.float32)
+        perm = lt.get(f"{name}.reorder_index")
+        if perm is None:
+            return lambda x: self.rms_norm(x, w)
+        idx = perm.to(self.device).long()
+        return lambda x: self.rms_norm(x[..., idx], w)
+
+
+class ReferenceModel(Decoder):
+    """A checkpoint ready to run. dtype: compute dtype (float32 on CPU by default)."""
+
+    def __init__(self, ckpt: Checkpoint, device: str | torch.device | None = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__(ckpt.config, device, dtype)
+        if self.quant_algo not in LINEAR_FACTORIES:
+            raise UserError(f"checkpoint quant_algo {self.quant_algo!r} is not supported by the "
+                            f"reference runtime; supported: {list(LINEAR_FACTORIES)}")
+        t = ckpt.tensors
+        to = {"device": self.device, "dtype": self.dtype}
+        self.embedding = t["transformer.vocab_embedding.weight"].to(**to)
+        self.ln_f = t["transformer.ln_f.weight"].to(device=self.device, dtype=torch.float32)
+        self.lm_head = t["lm_head.weight"].to(**to)
+        make_linear = LINEAR_FACTORIES[self.quant_algo]
+        layers = [ckpt.layer(i) for i in range(self.spec.num_hidden_layers)]
+        self.layers = [self.make_layer(lt, make_linear) for lt in layers]
+        # static per-layer INT8 KV scales (kv_cache_scaling_factor), when the cache is INT8
+        self.layer_kv_scale = [lt.get("attention.kv_cache_scaling_factor") for lt in layers]
+
     def hidden_states(self, ids: torch.Tensor, cache: Any) -> torch.Tensor:
         """ids int [B, T] (new tokens, continuing the cache) -> final-norm hidden [B, T, H]."""
-        s = self.spec
-        b, t = ids.shape
-        start = cache.length
-        positions = torch.arange(start, start + t, device=self.device)
+        t = ids.shape[1]
+        positions = torch.arange(cache.length, cache.length + t, device=self.device)
         x = F.embedding(ids.to(self.device), self.embedding)
-        nq, nkv, d = s.num_attention_heads, s.num_key_value_heads, s.head_size
         for i, layer in enumerate(self.layers):
-            n1 = self.rms_norm(x, layer.input_layernorm)
-            qkv = layer.qkv(n1.reshape(b * t, -1)).reshape(b, t, -1)
-            q, k, v = torch.split(qkv, [nq * d, nkv * d, nkv * d], dim=-1)
-            q = self.rope(q.reshape(b, t, nq, d).transpose(1, 2), positions)
-            k = self.rope(k.reshape(b, t, nkv, d).transpose(1, 2), positions)
-            v = v.reshape(b, t, nkv, d).transpose(1, 2)
-            k_all, v_all = cache.append(i, k, v)
-            a = self.attention(q, k_all, v_all, start).transpose(1, 2).reshape(b * t, nq * d)
-            x = x + layer.dense(a).reshape(b, t, -1).to(x.dtype)
-            n2 = self.rms_norm(x, layer.post_layernorm).reshape(b * t, -1)
-            m = F.silu(layer.fc(n2)) * layer.gate(n2)
-            x = x + layer.proj(m).reshape(b, t, -1).to(x.dtype)
+            x = self.layer_forward(i, layer, x, cache, positions)
         cache.advance(t)
         return self.rms_norm(x, self.ln_f)
 
@@ -215,3 +278,7 @@ class ReferenceModel:
     def forward(self, ids: torch.Tensor, cache: Any) -> torch.Tensor:
         """ids int [B, T] -> logits float32 [B, T, vocab]."""
         return self.logits(self.hidden_states(ids, cache))
+
+
+# The quantized schemes register their linears and caches into the factories above.
+import builder.quantized  # noqa: E402,F401

@@ -49,7 +49,34 @@ SHARDING: dict[str, tuple[str, int]] = {
     "mlp.proj.weight": ("row", 1),
     "input_layernorm.weight": ("rep", 0),
     "post_layernorm.weight": ("rep", 0),
+    # SmoothQuant (TensorRT-LLM names): per_channel_scale [1, N] follows the output rows
+    "attention.qkv.per_channel_scale": ("qkv", 1),
+    "mlp.fc.per_channel_scale": ("col", 1),
+    "mlp.gate.per_channel_scale": ("col", 1),
+    "attention.dense.per_channel_scale": ("rep", 0),
+    "mlp.proj.per_channel_scale": ("rep", 0),
+    "attention.dense.smoother": ("row", 1),  # [1, K] follows the input columns
+    "mlp.proj.smoother": ("row", 1),
 }
+for _p in ("attention.qkv", "attention.dense", "mlp.fc", "mlp.gate", "mlp.proj"):
+    SHARDING[f"{_p}.act_scale"] = ("rep", 0)
+for _n in ("input_layernorm.scale_to_int", "post_layernorm.scale_to_int",
+           "attention.quantization_scaling_factor", "mlp.quantization_scaling_factor",
+           "attention.kv_cache_scaling_factor"):
+    SHARDING[_n] = ("rep", 0)
+# Atom tensors exist only with tp_size 1 (converters/quantize.py refuses more): replicated.
+for _p in ("attention.qkv", "attention.dense", "mlp.fc", "mlp.gate", "mlp.proj"):
+    for _s in ("weights_scaling_factor", "outlier_weight", "outlier_scaling_factor"):
+        SHARDING[f"{_p}.{_s}"] = ("rep", 0)
+for _n in ("input_layernorm.reorder_index", "post_layernorm.reorder_index",
+           "attention.dense.reorder_index"):
+    SHARDING[_n] = ("rep", 0)
+
+# Tensors whose dtype is part of the format and is kept whatever --dtype says (scales that
+# TensorRT-LLM stores as float32, Atom's fp16 scales, integer codes and indices).
+KEEP_DTYPE_SUFFIXES = ("per_channel_scale", "act_scale", "smoother", "scale_to_int",
+                       "quantization_scaling_factor", "kv_cache_scaling_factor",
+                       "weights_scaling_factor", "outlier_scaling_factor", "reorder_index")
 GLOBAL_SHARDING: dict[str, tuple[str, int]] = {
     "transformer.vocab_embedding.weight": ("rep", 0),
     "transformer.ln_f.weight": ("rep", 0),
@@ -218,8 +245,10 @@ def release_layer(src: SourceModel, i: int) -> None:
         release(pre + theirs)
 
 
-def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return t.to(dtype) if t.is_floating_point() else t
+def _cast(t: torch.Tensor, dtype: torch.dtype, name: str = "") -> torch.Tensor:
+    if not t.is_floating_point() or name.endswith(KEEP_DTYPE_SUFFIXES):
+        return t
+    return t.to(dtype)
 
 
 def check_output_dir(output: Path, force: bool) -> None:
@@ -273,11 +302,14 @@ def save_rank(tensors: dict[str, torch.Tensor], path: Path) -> None:
 def convert(src: SourceModel, output: Path, dtype: str = "float16", tp_size: int = 1,
             force: bool = False, transform: LayerTransform | None = None,
             quantization: dict[str, Any] | None = None, extra_config: dict[str, Any] | None = None,
-            extra_files: dict[str, bytes] | None = None, progress: bool = True) -> dict[str, Any]:
+            finalize: Callable[[dict[str, Any]], dict[str, bytes]] | None = None,
+            progress: bool = True) -> dict[str, Any]:
     """Write `src` as a TensorRT-LLM checkpoint in `output`. Returns the config written.
 
     Streams layer by layer: each float layer is read, transformed, cast, sharded into the rank
     dicts and released, so the peak is about one copy of the output plus one float layer.
+    finalize(config), called after the last layer, may complete the config and returns extra
+    files to write beside it.
     """
     spec = src.spec
     check_tp(spec, tp_size)
@@ -301,7 +333,7 @@ def convert(src: SourceModel, output: Path, dtype: str = "float16", tp_size: int
         if transform is not None:
             layer = transform(i, layer)
         for local, t in layer.items():
-            put(LAYER_PREFIX.format(i=i) + local, _cast(t, out_dtype))
+            put(LAYER_PREFIX.format(i=i) + local, _cast(t, out_dtype, local))
         del layer
         release_layer(src, i)
     put("transformer.ln_f.weight", _cast(src.get(GLOBAL_TENSORS["transformer.ln_f.weight"]),
@@ -309,13 +341,15 @@ def convert(src: SourceModel, output: Path, dtype: str = "float16", tp_size: int
     lm = embed if spec.tie_word_embeddings else src.get("lm_head.weight")
     put("lm_head.weight", _cast(lm, out_dtype))
 
+    extra_files = finalize(config) if finalize is not None else {}
+
     def fill(tmp: Path) -> None:
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         for r in range(tp_size):
             save_rank(ranks[r], tmp / f"rank{r}.safetensors")
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
-        for name, data in (extra_files or {}).items():
+        for name, data in extra_files.items():
             (tmp / name).write_bytes(data)
 
     write_atomically(Path(output), force, fill)

@@ -190,6 +190,51 @@ def rmsnorm_quantize_int8(
 def w8a8_gemm(
     xq: torch.Tensor, xs: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor
 ) -> torch.Tensor:
-    """y = xs[m] * ws[n] * (xq @ wq^T), integer sum exact in float64. returns float32 [M, N]."""
-    acc = xq.double() @ wq.double().T
+    """y = xs[m] * ws[n] * (xq @ wq^T). returns float32 [M, N].
+
+    The int32 sum is formed exactly: float32 matmuls over chunks of at most 1024 channels
+    (|sum| <= 127*127*1024 < 2**24, exact in float32), the chunks added in float64."""
+    k = xq.shape[-1]
+    acc = torch.zeros(xq.shape[0], wq.shape[0], dtype=torch.float64, device=xq.device)
+    for c in range(0, k, 1024):
+        acc += (xq[:, c:c + 1024].float() @ wq[:, c:c + 1024].float().T).double()
     return (acc * xs.double().reshape(-1, 1) * ws.double().reshape(1, -1)).float()
+
+
+# -- KV cache ---------------------------------------------------------------------------------
+# INT4 (Atom): asymmetric, per (token, KV head, group of `group_size` channels of head_dim):
+#     scale = (max - min) / 15 (stored fp16), zero = min (stored fp16)
+#     q = clamp(round((x - zero) / scale), 0, 15),   x^ = q * scale + zero
+# INT8 (SmoothQuant, TensorRT-LLM's kv_cache_scaling_factor): symmetric, one static fp32 scale
+# per layer for K and V: q = clamp(round(x / s), -127, 127), x^ = q * s.
+# Attention always reads K/V back from the quantized cache, the current chunk's own tokens
+# included (quantize, then attend), in prefill and in decode alike.
+
+
+def kv_quantize_int4(x: torch.Tensor, group_size: int
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x float [..., d] -> (q uint8 [..., d] in [0, 15], scale fp16 [..., d/g], zero fp16)."""
+    d = x.shape[-1]
+    if d % group_size:
+        raise ValueError(f"KV group size {group_size} does not divide head_size {d}")
+    xg = x.float().reshape(*x.shape[:-1], d // group_size, group_size)
+    mn, mx = xg.amin(-1), xg.amax(-1)
+    scale = ((mx - mn) / 15).to(torch.float16)
+    zero = mn.to(torch.float16)
+    s = scale.float()[..., None]
+    z = zero.float()[..., None]
+    q = torch.clamp(torch.round((xg - z) / torch.where(s > 0, s, torch.ones_like(s))), 0, 15)
+    q = torch.where(s > 0, q, torch.zeros_like(q))
+    return q.reshape(x.shape).to(torch.uint8), scale, zero
+
+
+def kv_dequantize_int4(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """Inverse of kv_quantize_int4 -> float32 [..., d]."""
+    g = scale.shape[-1]
+    qg = q.float().reshape(*q.shape[:-1], g, q.shape[-1] // g)
+    return (qg * scale.float()[..., None] + zero.float()[..., None]).reshape(q.shape)
+
+
+def kv_quantize_int8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    s = scale.float().reshape(())
+    return torch.clamp(torch.round(x.float() / s), -INT8_MAX, INT8_MAX).to(torch.int8)

@@ -100,3 +100,38 @@ def test_run_generates_text(smollm2_checkpoint, capsys):
                "What is the capital of France?", "--max-new-tokens", "12"])
     assert rc == 0
     assert "Paris" in capsys.readouterr().out
+
+
+def test_convert_atom_and_eval_report_on_smollm2(smollm2_path, tmp_path, capsys):
+    """The whole quantized path through the CLI on the real model (small calibration)."""
+    out = tmp_path / "atom"
+    rc = main(["convert", "--model", str(smollm2_path), "--scheme", "atom-w4a4", "--output",
+               str(out), "--num-samples", "4", "--seq-len", "64"])
+    assert rc == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["quantization"]["quant_algo"] == "W4A4_ATOM"
+    assert cfg["quantization"]["kv_cache_quant_algo"] == "INT4"  # atom's default KV cache
+    assert cfg["atom"]["group_size"] == 128
+    assert cfg["lowbit"]["layers"]["0"]["outliers"] == {"qkv_in": 192, "dense_in": 192,
+                                                        "fc_in": 192, "proj_in": 128}
+    text = tmp_path / "t.txt"
+    from converters.data import evaluation_text
+
+    text.write_text(evaluation_text()[:3000])
+    assert main(["eval", "--checkpoint", str(out), "--text-file", str(text), "--seq-len", "128",
+                 "--max-windows", "1"]) == 0
+    assert "atom-w4a4" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--scheme", "atom-w4a4", "--group-size", "1024"], "leaves no INT4 channels"),
+    (["--scheme", "atom-w4a4", "--outliers", "5000"], "larger than the input size"),
+    (["--scheme", "smoothquant-w8a8", "--alpha", "1.5"], "--alpha must be in [0, 1]"),
+    (["--kv-cache", "int4", "--k-group-size", "48"], "must divide head_size 64"),
+    (["--scheme", "smoothquant-w8a8", "--num-samples", "500"], "calibration text has"),
+])
+def test_quantizer_option_errors(smollm2_path, tmp_path, capsys, argv, msg):
+    out = tmp_path / "x"
+    assert main(["convert", "--model", str(smollm2_path), "--output", str(out), *argv]) == 2
+    assert msg in _err(capsys)
+    assert not out.exists()

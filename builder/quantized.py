@@ -1,0 +1,175 @@
+"""Exact execution of quantized checkpoints in the reference runtime (registered into the
+runtime's factories). Integer semantics are those of lowbit.reference, which the kernels share:
+activations quantized per token (or per tensor), integer products summed exactly, scales
+applied per token, channel and group; the KV cache stored quantized.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from builder.runtime import CACHE_FACTORIES, LINEAR_FACTORIES, Linear
+from converters.errors import UserError
+from converters.schemes import ATOM_ALGO, SQ_PER_TENSOR, SQ_PER_TOKEN
+from lowbit import reference as R
+
+# The static input scale of each linear (TensorRT-LLM SmoothQuant names).
+_SQ_INPUT_SCALE = {"attention.qkv": "input_layernorm.scale_to_int",
+                   "mlp.fc": "post_layernorm.scale_to_int",
+                   "mlp.gate": "post_layernorm.scale_to_int",
+                   "attention.dense": "attention.quantization_scaling_factor",
+                   "mlp.proj": "mlp.quantization_scaling_factor"}
+
+
+class W8A8Linear:
+    """SmoothQuant: y = dequant(int8(x / smoother) @ W_int8^T) + b.
+
+    per token : xq, xs = quantize_per_token_int8(x);  y = acc * xs[m] * per_channel_scale[n]
+    per tensor: s = 1 / scale_to_int; xq = clamp(round(x / s));
+                y = acc * act_scale * per_channel_scale[n]  (TensorRT-LLM's meanings)
+    """
+
+    def __init__(self, t: dict[str, torch.Tensor], name: str, static: bool, device: Any,
+                 dtype: torch.dtype):
+        self.w = t[f"{name}.weight"].to(device)
+        if self.w.dtype != torch.int8:
+            raise UserError(f"{name}.weight: expected int8 for SmoothQuant, found {self.w.dtype}")
+        self.ws = t[f"{name}.per_channel_scale"].float().reshape(-1).to(device)
+        sm = t.get(f"{name}.smoother")
+        self.smoother = None if sm is None else sm.float().reshape(-1).to(device)
+        self.static = static
+        if static:
+            self.x_scale = (1.0 / t[_SQ_INPUT_SCALE[name]].float().reshape(1)).to(device)
+            self.act_scale = t[f"{name}.act_scale"].float().reshape(1).to(device)
+        b = t.get(f"{name}.bias")
+        self.bias = None if b is None else b.float().to(device)
+        self.dtype = dtype
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        if self.smoother is not None:
+            h = h / self.smoother
+        if self.static:
+            xq = R.quantize_static_int8(h, self.x_scale)
+            y = R.w8a8_gemm(xq, self.act_scale, self.w, self.ws)
+        else:
+            xq, xs = R.quantize_per_token_int8(h)
+            y = R.w8a8_gemm(xq, xs, self.w, self.ws)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.to(self.dtype)
+
+
+class AtomLinear:
+    """Atom W4A4: (optional reorder) -> per-token INT4 groups + INT8 outliers -> group GEMM."""
+
+    def __init__(self, t: dict[str, torch.Tensor], name: str, cfg: dict[str, Any], device: Any,
+                 dtype: torch.dtype):
+        self.weight = R.AtomWeight(
+            t[f"{name}.weight"].to(device), t[f"{name}.weights_scaling_factor"].to(device),
+            t[f"{name}.outlier_weight"].to(device), t[f"{name}.outlier_scaling_factor"].to(device))
+        self.n_outliers = self.weight.w8.shape[1]
+        self.group = int(cfg["group_size"])
+        self.clip = float(cfg["act_clip"])
+        perm = t.get(f"{name}.reorder_index")
+        self.perm = None if perm is None else perm.to(device)
+        b = t.get(f"{name}.bias")
+        self.bias = None if b is None else b.float().to(device)
+        self.dtype = dtype
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        a = R.atom_reorder_quantize(x, self.perm, self.n_outliers, self.group, self.clip)
+        y = R.atom_gemm(a, self.weight, self.group)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.to(self.dtype)
+
+
+def _sq_factory(static: bool):
+    def make(t: dict[str, torch.Tensor], name: str, model: Any) -> Linear:
+        return W8A8Linear(t, name, static, model.device, model.dtype)
+    return make
+
+
+def _atom_factory(t: dict[str, torch.Tensor], name: str, model: Any) -> Linear:
+    if "atom" not in model.config:
+        raise UserError("W4A4_ATOM checkpoint without the top-level 'atom' settings in "
+                        "config.json")
+    return AtomLinear(t, name, model.config["atom"], model.device, model.dtype)
+
+
+LINEAR_FACTORIES[SQ_PER_TOKEN] = _sq_factory(False)
+LINEAR_FACTORIES[SQ_PER_TENSOR] = _sq_factory(True)
+LINEAR_FACTORIES[ATOM_ALGO] = _atom_factory
+
+
+class QuantizedKVCache:
+    """KV cache stored quantized (lowbit.reference formats); append returns it dequantized.
+
+    int4: per (token, head, group) asymmetric codes + fp16 scale/zero; int8: static per-layer
+    scale (kv_cache_scaling_factor). Storage here is unpacked codes for clarity; the attention
+    kernels pack two codes per byte (plugins/ README)."""
+
+    def __init__(self, model: Any, batch: int, max_len: int, kind: str):
+        s = model.spec
+        self.kind = kind
+        self.length = 0
+        self.max_len = max_len
+        self.dtype = model.dtype
+        n = s.num_hidden_layers
+        shape = (batch, s.num_key_value_heads, max_len, s.head_size)
+        dev = model.device
+        if kind == "int4":
+            c = model.config["kv_cache_int4"]
+            self.groups = (int(c["k_group_size"]), int(c["v_group_size"]))
+            self.q = [[torch.zeros(shape, dtype=torch.uint8, device=dev) for _ in range(2)]
+                      for _ in range(n)]
+            self.sz = [[(torch.zeros(*shape[:3], s.head_size // g, dtype=torch.float16,
+                                     device=dev),
+                         torch.zeros(*shape[:3], s.head_size // g, dtype=torch.float16,
+                                     device=dev)) for g in self.groups] for _ in range(n)]
+        else:
+            self.scales = [model.layer_kv_scale[i].to(dev) for i in range(n)]
+            self.q = [[torch.zeros(shape, dtype=torch.int8, device=dev) for _ in range(2)]
+                      for _ in range(n)]
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        t = k.shape[2]
+        a, e = self.length, self.length + t
+        if e > self.max_len:
+            raise UserError(f"sequence of {e} tokens exceeds the KV cache ({self.max_len})")
+        out = []
+        for j, x in enumerate((k, v)):
+            if self.kind == "int4":
+                q, sc, z = R.kv_quantize_int4(x, self.groups[j])
+                self.q[layer][j][:, :, a:e] = q
+                self.sz[layer][j][0][:, :, a:e] = sc
+                self.sz[layer][j][1][:, :, a:e] = z
+                deq = R.kv_dequantize_int4(self.q[layer][j][:, :, :e],
+                                           self.sz[layer][j][0][:, :, :e],
+                                           self.sz[layer][j][1][:, :, :e])
+            else:
+                self.q[layer][j][:, :, a:e] = R.kv_quantize_int8(x, self.scales[layer])
+                deq = self.q[layer][j][:, :, :e].float() * self.scales[layer].float()
+            out.append(deq.to(self.dtype))
+        return out[0], out[1]
+
+    def advance(self, t: int) -> None:
+        self.length += t
+
+
+def _int8_cache(model: Any, batch: int, max_len: int) -> QuantizedKVCache:
+    return QuantizedKVCache(model, batch, max_len, "int8")
+
+
+def _int4_cache(model: Any, batch: int, max_len: int) -> QuantizedKVCache:
+    if "kv_cache_int4" not in model.config:
+        raise UserError("INT4 KV cache checkpoint without 'kv_cache_int4' in config.json")
+    return QuantizedKVCache(model, batch, max_len, "int4")
+
+
+CACHE_FACTORIES["INT8"] = _int8_cache
+CACHE_FACTORIES["INT4"] = _int4_cache
