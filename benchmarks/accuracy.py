@@ -21,8 +21,13 @@ from converters.checkpoint import convert, read_checkpoint
 from converters.data import calibration_text, evaluation_text
 from converters.loader import open_model
 from converters.quantize import calibrate, quantize_model
-from converters.schemes import (AtomConfig, CalibrationConfig, KVCacheConfig, QuantizeConfig,
-                                SmoothQuantConfig)
+from converters.schemes import (
+    AtomConfig,
+    CalibrationConfig,
+    KVCacheConfig,
+    QuantizeConfig,
+    SmoothQuantConfig,
+)
 
 KV4 = KVCacheConfig(kind="int4", k_group_size=32, smooth_k=0.5)
 CONFIGS: dict[str, QuantizeConfig] = {

@@ -64,3 +64,37 @@ def outliers_last_permutation(importance: torch.Tensor, n_outliers: int) -> torc
     mask[outl] = False
     normal = torch.nonzero(mask).flatten()
     return torch.cat((normal, outl)).to(torch.int32)
+
+
+# ---- kernel layouts (lowbit_kernels: plugins/w4a4Gemm) ----------------------------------------
+# The W4A4 GEMM streams w4 [N, K_n/2] and w8 [N, K_o] in the canonical layout above: its
+# tensor-core fragments are built in registers from 16-byte copies of any row segment, so the
+# int4 bytes need no reordering. Only the weight group scales change layout: the kernel reads
+# them transposed, ws4t [K_n/G, N], so the two adjacent output columns a thread owns share one
+# 4-byte load per group.
+
+
+def pack_w4a4_scales(ws4: torch.Tensor) -> torch.Tensor:
+    """Weight group scales into the W4A4 kernel layout.
+
+    ws4: fp16 [N, K_n/G] (lowbit.reference.AtomWeight.ws4).
+    returns fp16 [K_n/G, N], contiguous (the ws4t operand of lowbit.ops.w4a4_gemm).
+    """
+    if ws4.dim() != 2:
+        raise ValueError(
+            f"pack_w4a4_scales needs a 2-D [N, K_n/G] tensor, found {tuple(ws4.shape)}"
+        )
+    if ws4.dtype != torch.float16:
+        raise ValueError(f"pack_w4a4_scales needs float16 scales, found {ws4.dtype}")
+    return ws4.t().contiguous()
+
+
+def unpack_w4a4_scales(ws4t: torch.Tensor) -> torch.Tensor:
+    """Inverse of pack_w4a4_scales. ws4t: fp16 [K_n/G, N] -> fp16 [N, K_n/G], contiguous."""
+    if ws4t.dim() != 2:
+        raise ValueError(
+            f"unpack_w4a4_scales needs a 2-D [K_n/G, N] tensor, found {tuple(ws4t.shape)}"
+        )
+    if ws4t.dtype != torch.float16:
+        raise ValueError(f"unpack_w4a4_scales needs float16 scales, found {ws4t.dtype}")
+    return ws4t.t().contiguous()

@@ -108,6 +108,10 @@ def atom_quantize_activation(
         raise ValueError(f"normal channels {kn} (= {k} - {n_outliers}) not a multiple of "
                          f"group size {group_size}")
     q4, s4 = quantize_symmetric(h[:, :kn], INT4_MAX, group_size, clip, torch.float16)
+    if n_outliers == 0:  # no outlier block: empty codes, scale 0 (as the kernels write)
+        m = h.shape[0]
+        return AtomActivation(pack_int4(q4), s4, h.new_zeros(m, 0, dtype=torch.int8),
+                              h.new_zeros(m, dtype=torch.float16))
     q8, s8 = quantize_symmetric(h[:, kn:], INT8_MAX, None, 1.0, torch.float16)
     return AtomActivation(pack_int4(q4), s4, q8, s8.reshape(-1))
 
@@ -171,8 +175,11 @@ def quantize_per_token_int8(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 def quantize_static_int8(h: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """SmoothQuant static per-tensor quantization: q = clamp(round(h / scale), -127, 127)."""
+    """SmoothQuant static per-tensor quantization: q = clamp(round(h / scale), -127, 127).
+    scale must be > 0 (a calibrated scale of an all-zero input is refused)."""
     s = scale.float().reshape(())
+    if not float(s) > 0:
+        raise ValueError(f"static activation scale must be > 0, found {float(s)}")
     return torch.clamp(torch.round(h.float() / s), -INT8_MAX, INT8_MAX).to(torch.int8)
 
 

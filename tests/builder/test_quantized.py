@@ -9,8 +9,13 @@ from builder.runtime import ReferenceModel
 from converters.checkpoint import read_checkpoint
 from converters.loader import open_model
 from converters.quantize import quantize_model
-from converters.schemes import (AtomConfig, CalibrationConfig, KVCacheConfig, QuantizeConfig,
-                                SmoothQuantConfig)
+from converters.schemes import (
+    AtomConfig,
+    CalibrationConfig,
+    KVCacheConfig,
+    QuantizeConfig,
+    SmoothQuantConfig,
+)
 from lowbit.packing import unpack_int4
 from tests.conftest import tiny_hf_model
 

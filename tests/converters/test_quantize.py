@@ -12,18 +12,23 @@ from converters.checkpoint import read_checkpoint
 from converters.errors import UserError
 from converters.loader import open_model
 from converters.quantize import calibration_windows, quantize_model
-from converters.schemes import (AtomConfig, CalibrationConfig, KVCacheConfig, QuantizeConfig,
-                                SmoothQuantConfig)
+from converters.schemes import (
+    AtomConfig,
+    CalibrationConfig,
+    KVCacheConfig,
+    QuantizeConfig,
+    SmoothQuantConfig,
+)
 from tests.conftest import tiny_hf_model
 
-H, I, NH, NKV, D = 128, 192, 4, 2, 32
+H, INTER, NH, NKV, D = 128, 192, 4, 2, 32
 CAL = CalibrationConfig(num_samples=8, seq_len=32, batch_size=4, hessian_every=2,
                         sample_tokens=128)
 
 
 @pytest.fixture
 def hf_dir(tmp_path):
-    tiny_hf_model("qwen2", hidden_size=H, intermediate_size=I).save_pretrained(tmp_path / "hf")
+    tiny_hf_model("qwen2", hidden_size=H, intermediate_size=INTER).save_pretrained(tmp_path / "hf")
     return tmp_path / "hf"
 
 
@@ -54,10 +59,10 @@ def test_smoothquant_tensors(hf_dir, tmp_path, act, kv):
         "attention.qkv.bias": ((qkv_n,), torch.float16),
         "attention.dense.weight": ((H, NH * D), torch.int8),
         "attention.dense.smoother": ((1, NH * D), torch.float32),
-        "mlp.fc.weight": ((I, H), torch.int8),
-        "mlp.gate.per_channel_scale": ((1, I), torch.float32),
-        "mlp.proj.weight": ((H, I), torch.int8),
-        "mlp.proj.smoother": ((1, I), torch.float32),
+        "mlp.fc.weight": ((INTER, H), torch.int8),
+        "mlp.gate.per_channel_scale": ((1, INTER), torch.float32),
+        "mlp.proj.weight": ((H, INTER), torch.int8),
+        "mlp.proj.smoother": ((1, INTER), torch.float32),
         "input_layernorm.weight": ((H,), torch.float16),
         "input_layernorm.scale_to_int": ((1,), torch.float32),
         "post_layernorm.scale_to_int": ((1,), torch.float32),
@@ -93,8 +98,8 @@ def test_atom_tensors_and_config(hf_dir, tmp_path):
     ko_h = 32  # 128 - 16 = 112 is not a multiple of 32: rounded up to 32 outliers
     ko_i = 32  # 192 - 16 = 176 -> 160 normal channels, 32 outliers
     for prefix, n, k, ko in (("attention.qkv", (NH + 2 * NKV) * D, H, ko_h),
-                             ("attention.dense", H, NH * D, ko_h), ("mlp.fc", I, H, ko_h),
-                             ("mlp.gate", I, H, ko_h), ("mlp.proj", H, I, ko_i)):
+                             ("attention.dense", H, NH * D, ko_h), ("mlp.fc", INTER, H, ko_h),
+                             ("mlp.gate", INTER, H, ko_h), ("mlp.proj", H, INTER, ko_i)):
         kn = k - ko
         assert tuple(t[f"{prefix}.weight"].shape) == (n, kn // 2), prefix
         assert t[f"{prefix}.weight"].dtype == torch.int8
@@ -144,7 +149,7 @@ def test_kv_group_must_divide_head(hf_dir, tmp_path):
 
 
 def test_nan_calibration_activations(tmp_path):
-    model = tiny_hf_model("llama", hidden_size=H, intermediate_size=I)
+    model = tiny_hf_model("llama", hidden_size=H, intermediate_size=INTER)
     with torch.no_grad():
         model.model.embed_tokens.weight[7] = float("inf")
     model.save_pretrained(tmp_path / "hf")

@@ -87,3 +87,14 @@ def test_w8a8_gemm_exact_and_static_quant():
     s = torch.tensor(0.03)
     q = R.quantize_static_int8(x, s)
     assert torch.equal(q.float(), torch.clamp(torch.round(x / 0.03), -127, 127))
+
+
+def test_atom_activation_without_outliers():
+    a = R.atom_quantize_activation(torch.randn(3, 256), 0, 128, 0.9)
+    assert a.x8.shape == (3, 0) and torch.all(a.xs8 == 0)
+    assert a.x4.shape == (3, 128)
+
+
+def test_static_scale_must_be_positive():
+    with pytest.raises(ValueError, match="must be > 0"):
+        R.quantize_static_int8(torch.randn(2, 4), torch.tensor(0.0))

@@ -1,0 +1,173 @@
+"""W4A4 (Atom) and W8A8 (SmoothQuant) GEMMs vs cuBLAS fp16 (torch.matmul) and torch._int_mm.
+
+Shapes: M in (1, 16, 64, 256, 1024, 4096, 8192) x Llama-2-7B (K, N) in (4096, 11008),
+(11008, 4096), (4096, 4096). Atom: K_o = 128 outliers, group 128.
+
+Columns (microseconds, median, CUDA-graph replay, inputs rotated beyond L2):
+  fp16      torch.matmul(x fp16 [M, K], w fp16 [K, N])                   (cuBLAS)
+  int_mm    torch._int_mm(int8 [M, K], int8 [K, N]) -> int32, no scaling  (n/a for M <= 16)
+  w4a4      lowbit w4a4_gemm only: activations ALREADY quantized (quantize time OUTSIDE)
+  w4a4+q    atom_rmsnorm_quantize + w4a4_gemm (quantize time INSIDE)
+  w8a8      lowbit w8a8_gemm only (quantize OUTSIDE); w8a8+q with rmsnorm_quantize_int8 INSIDE
+Ratios are speed-ups (peer time / our time) of the GEMM-only figures; TOPS = 2 M N K / time;
+TB/s = (weight + activation + output bytes) / time.
+
+Run: PYTHONPATH=python python benchmarks/bench_gemm.py [--out DIR] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import copies_for, fmt_ratio, fmt_us, time_graph  # noqa: E402
+
+from lowbit import ops, packing  # noqa: E402
+
+MS = (1, 16, 64, 256, 1024, 4096, 8192)
+SHAPES = ((4096, 11008), (11008, 4096), (4096, 4096))
+KO, GS = 128, 128
+
+
+def _i8(shape, lo=-127, hi=127):
+    return torch.randint(lo, hi + 1, shape, device="cuda", dtype=torch.int8)
+
+
+def _sc(shape):
+    return (torch.rand(shape, device="cuda") * 0.02 + 1e-3).half()
+
+
+def bench_shape(m: int, k: int, n: int) -> dict:
+    kn = k - KO
+    r: dict = {"M": m, "K": k, "N": n}
+    x16 = torch.randn(m, k, device="cuda", dtype=torch.float16)
+    gamma = (torch.rand(k, device="cuda") + 0.5).half()
+    perm = torch.randperm(k, device="cuda").to(torch.int32)
+
+    # cuBLAS fp16
+    nw = copies_for(k * n * 2)
+    ws16 = [torch.randn(k, n, device="cuda", dtype=torch.float16) for _ in range(nw)]
+    r["fp16"] = time_graph([lambda w=w: torch.matmul(x16, w) for w in ws16])
+    del ws16
+    # torch._int_mm (needs M > 16)
+    if m > 16:
+        xi = _i8((m, k))
+        nw = copies_for(k * n)
+        wi = [_i8((n, k)).t() for _ in range(nw)]  # [K, N] column-major, the fast cuBLASLt form
+        r["int_mm"] = time_graph([lambda w=w: torch._int_mm(xi, w) for w in wi])
+        del wi
+    else:
+        r["int_mm"] = None
+
+    # W4A4
+    a = ops.atom_rmsnorm_quantize(x16, gamma, perm, 1e-5, KO, GS, 0.9)
+    wbytes4 = n * kn // 2 + n * (kn // GS) * 2 + n * KO + n * 2
+    nw = copies_for(wbytes4)
+    w4s = [(_i8((n, kn // 2), -128, 127), packing.pack_w4a4_scales(_sc((n, kn // GS))),
+            _i8((n, KO)), _sc((n,))) for _ in range(nw)]
+    y = torch.empty(m, n, device="cuda", dtype=torch.float16)
+    r["w4a4"] = time_graph([lambda w=w: ops.w4a4_gemm(*a, *w, GS, out=y) for w in w4s])
+    r["w4a4_q"] = time_graph([
+        lambda w=w: ops.w4a4_gemm(*ops.atom_rmsnorm_quantize(x16, gamma, perm, 1e-5, KO, GS, 0.9),
+                                  *w, GS, out=y) for w in w4s])
+    del w4s
+    r["w4a4_bytes"] = wbytes4 + m * (kn // 2 + (kn // GS) * 2 + KO + 2) + m * n * 2
+
+    # W8A8
+    xq, xs = ops.rmsnorm_quantize_int8(x16, gamma, 1e-5)
+    nw = copies_for(n * k)
+    w8s = [(_i8((n, k)), torch.rand(n, device="cuda") * 0.01) for _ in range(nw)]
+    r["w8a8"] = time_graph([lambda w=w: ops.w8a8_gemm(xq, xs, w[0], w[1], out=y) for w in w8s])
+    r["w8a8_q"] = time_graph([
+        lambda w=w: ops.w8a8_gemm(*ops.rmsnorm_quantize_int8(x16, gamma, 1e-5), w[0], w[1], out=y)
+        for w in w8s])
+    del w8s
+    r["w8a8_bytes"] = n * k + n * 4 + m * (k + 4) + m * n * 2
+
+    flops = 2.0 * m * n * k
+    for key in ("fp16", "int_mm", "w4a4", "w4a4_q", "w8a8", "w8a8_q"):
+        r[key + "_tops"] = None if r[key] is None else flops / r[key] / 1e12
+    r["w4a4_tbs"] = r["w4a4_bytes"] / r["w4a4"] / 1e12
+    r["w8a8_tbs"] = r["w8a8_bytes"] / r["w8a8"] / 1e12
+    r["w4a4_vs_fp16"] = r["fp16"] / r["w4a4"]
+    r["w8a8_vs_fp16"] = r["fp16"] / r["w8a8"]
+    r["w4a4_vs_int_mm"] = None if r["int_mm"] is None else r["int_mm"] / r["w4a4"]
+    r["w8a8_vs_int_mm"] = None if r["int_mm"] is None else r["int_mm"] / r["w8a8"]
+    torch.cuda.empty_cache()
+    return r
+
+
+def table(rows: list[dict]) -> str:
+    head = (f"{'M':>5} {'K':>5} {'N':>5} | {'fp16':>7} {'int_mm':>7} | {'w4a4':>7} {'w4a4+q':>7} "
+            f"{'TB/s':>5} {'TOPS':>6} {'xfp16':>5} {'xint':>5} | {'w8a8':>7} {'w8a8+q':>7} "
+            f"{'TB/s':>5} {'xfp16':>5} {'xint':>5}")
+    lines = ["GEMM times in us (GEMM-only columns exclude activation quantization; +q include it)",
+             head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['M']:>5} {r['K']:>5} {r['N']:>5} | {fmt_us(r['fp16'])} {fmt_us(r['int_mm'])} | "
+            f"{fmt_us(r['w4a4'])} {fmt_us(r['w4a4_q'])} {r['w4a4_tbs']:5.2f} "
+            f"{r['w4a4_tops']:6.1f} {fmt_ratio(r['w4a4_vs_fp16'])} "
+            f"{fmt_ratio(r['w4a4_vs_int_mm'])} | "
+            f"{fmt_us(r['w8a8'])} {fmt_us(r['w8a8_q'])} {r['w8a8_tbs']:5.2f} "
+            f"{fmt_ratio(r['w8a8_vs_fp16'])} {fmt_ratio(r['w8a8_vs_int_mm'])}")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(SHAPES), figsize=(6 * len(SHAPES), 4.5))
+    for ax, (k, n) in zip(axes, SHAPES):
+        rs = [r for r in rows if r["K"] == k and r["N"] == n]
+        ms = [r["M"] for r in rs]
+        for key, label in (("w4a4_vs_fp16", "W4A4 / cuBLAS fp16"),
+                           ("w8a8_vs_fp16", "W8A8 / cuBLAS fp16"),
+                           ("w4a4_vs_int_mm", "W4A4 / _int_mm"),
+                           ("w8a8_vs_int_mm", "W8A8 / _int_mm")):
+            pts = [(mm, r[key]) for mm, r in zip(ms, rs) if r[key] is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=label)
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"K={k} N={n}")
+        ax.set_xlabel("M (tokens)")
+        ax.set_ylabel("speed-up (GEMM only)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def run(out: Path, ms=MS, shapes=SHAPES) -> list[dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    rows = []
+    for k, n in shapes:
+        for m in ms:
+            rows.append(bench_shape(m, k, n))
+            print(f"done M={m} K={k} N={n}", flush=True)
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    (out / "bench_gemm.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    plot(rows, out / "bench_gemm.png")
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    p.add_argument("--quick", action="store_true", help="M in (1, 16, 4096) only")
+    args = p.parse_args()
+    rows = run(args.out, ms=(1, 16, 4096) if args.quick else MS)
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

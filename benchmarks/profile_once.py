@@ -1,0 +1,50 @@
+"""Launch lowbit kernels once on representative shapes (for `ncu`; no timing here).
+
+Run: PYTHONPATH=python ncu --clock-control none -k regex:'skinny|igemm|Quantize' \
+         python benchmarks/profile_once.py [which ...]     (which: decode prefill quant w8a8)
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from lowbit import ops, packing
+
+
+def main(which: list[str]) -> None:
+    torch.manual_seed(0)
+    k, n, ko, gs = 4096, 11008, 128, 128
+    kn = k - ko
+
+    def i8(shape, lo=-127, hi=127):
+        return torch.randint(lo, hi + 1, shape, device="cuda", dtype=torch.int8)
+
+    def sc(shape):
+        return (torch.rand(shape, device="cuda") * 0.02 + 1e-3).half()
+
+    w = (i8((n, kn // 2), -128, 127), packing.pack_w4a4_scales(sc((n, kn // gs))), i8((n, ko)),
+         sc((n,)))
+    gamma = (torch.rand(k, device="cuda") + 0.5).half()
+    perm = torch.randperm(k, device="cuda").to(torch.int32)
+    x = torch.randn(8192, k, device="cuda", dtype=torch.float16)
+    if "decode" in which:
+        a = ops.atom_reorder_quantize(x[:1], perm, ko, gs, 0.9)
+        ops.w4a4_gemm(*a, *w, gs)
+    if "prefill" in which:
+        a = ops.atom_reorder_quantize(x[:4096], perm, ko, gs, 0.9)
+        ops.w4a4_gemm(*a, *w, gs)
+    if "quant" in which:
+        ops.atom_rmsnorm_quantize(x, gamma, perm, 1e-5, ko, gs, 0.9)
+        ops.rmsnorm_quantize_int8(x, gamma, 1e-5)
+    if "w8a8" in which:
+        wq = i8((n, k))
+        ws = torch.rand(n, device="cuda")
+        xq, xs = ops.rmsnorm_quantize_int8(x[:1], gamma, 1e-5)
+        ops.w8a8_gemm(xq, xs, wq, ws)
+    torch.cuda.synchronize()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or ["decode", "prefill", "quant", "w8a8"])

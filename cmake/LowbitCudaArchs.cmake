@@ -1,0 +1,25 @@
+# Arch helper: turn a list like "80;89;90a" into explicit -gencode flags.
+# 90a (wgmma, setmaxnreg) must use the long form -gencode=arch=compute_90a,code=sm_90a: the
+# -arch=sm_90a shorthand is reported to run a plain sm_90 pass with nvcc 13.0.
+# The highest plain architecture (no 'a' suffix: arch-specific PTX only runs on that exact chip)
+# also embeds PTX, so newer GPUs can JIT it.
+function(lowbit_cuda_gencode_flags archs out_var)
+  set(flags "")
+  set(ptx "")
+  foreach(arch IN LISTS archs)
+    if(NOT arch MATCHES "^[0-9]+[a-z]?$")
+      message(FATAL_ERROR "LOWBIT_CUDA_ARCHS: '${arch}' is not like 80, 89 or 90a")
+    endif()
+    list(APPEND flags "-gencode=arch=compute_${arch},code=sm_${arch}")
+    if(arch MATCHES "^[0-9]+$")
+      set(ptx "${arch}")
+    endif()
+  endforeach()
+  if(NOT flags)
+    message(FATAL_ERROR "LOWBIT_CUDA_ARCHS is empty")
+  endif()
+  if(ptx)
+    list(APPEND flags "-gencode=arch=compute_${ptx},code=compute_${ptx}")
+  endif()
+  set(${out_var} "${flags}" PARENT_SCOPE)
+endfunction()

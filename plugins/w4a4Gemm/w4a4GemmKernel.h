@@ -1,0 +1,30 @@
+// Atom W4A4 mixed-precision group GEMM (C ABI launcher). See w4a4GemmKernel.cu for the math.
+#pragma once
+
+#include "common/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// y[M, N] fp16 = sum_g xs4[m,g]*ws4[n,g] * sum_{k in g} x4[m,k]*w4[n,k]
+//              + xs8[m]*ws8[n] * sum_{k < Ko} x8[m,k]*w8[n,k]          (lowbit.reference.atom_gemm)
+//   x4   int8 [M, Kn/2]  packed int4, low nibble first      w4   int8 [N, Kn/2]  same packing
+//   xs4  fp16 [M, Kn/G]                                     ws4t fp16 [Kn/G, N]  (transposed!)
+//   x8   int8 [M, Ko]                                       w8   int8 [N, Ko]
+//   xs8  fp16 [M]                                           ws8  fp16 [N]
+//   y    fp16 [M, N]
+// Rules: M >= 0; N >= 8, N % 8 == 0; Kn > 0, Kn % 128 == 0; group_size 128 or 64;
+//        0 <= Ko, Ko % 16 == 0 (x8/w8/xs8/ws8 may be null when Ko == 0); int8 operands
+//        16-byte aligned, fp16 operands 4-byte aligned; all contiguous row-major.
+// config: -1 auto, 0 decode (16x32, split-K 8), 1 mid (64x64), 2 large (128x128), 3 skinny
+//         (M <= 16, G = 128; falls back to decode on GPUs without its shared memory).
+// stream: a cudaStream_t (0 = legacy default). Asynchronous; returns a lowbitStatus.
+LOWBIT_API int lowbit_w4a4_gemm(const void* x4, const void* xs4, const void* x8, const void* xs8,
+                                const void* w4, const void* ws4t, const void* w8, const void* ws8,
+                                void* y, int M, int N, int Kn, int Ko, int group_size, int config,
+                                void* stream);
+
+#ifdef __cplusplus
+}
+#endif

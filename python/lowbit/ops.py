@@ -1,0 +1,278 @@
+"""The native kernels as functions on CUDA torch tensors.
+
+Every function launches on ``torch.cuda.current_stream()``, never synchronizes the host and
+allocates nothing but its outputs (through torch, or none when ``out`` is given), so it can be
+captured in a CUDA graph. Inputs are validated (device, dtype, shape, contiguity, divisibility)
+with ValueErrors that say what was expected and what was found; the library is loaded at the
+first call (lowbit.library), never at import.
+
+Numeric contract: lowbit.reference (same names). Tensor formats: lowbit.reference docstring;
+weight scales of the W4A4 GEMM in the kernel layout of lowbit.packing.pack_w4a4_scales.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lowbit import library
+from lowbit.reference import AtomActivation
+
+_DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1}  # plugins/quantize/quantizeKernel.h
+# kernel choice of the GEMM launchers (plugins/common/igemmCore.cuh, ConfigId)
+CONFIGS = {"auto": -1, "decode": 0, "mid": 1, "large": 2, "skinny": 3}
+
+
+def _check(t: torch.Tensor, name: str, dtype: torch.dtype | tuple, shape: tuple,
+           device: torch.device | None = None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name}: expected a torch.Tensor, found {type(t).__name__}")
+    if t.device.type != "cuda":
+        raise ValueError(f"{name}: expected a CUDA tensor, found device {t.device}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name}: expected device {device} (like the first operand), "
+                         f"found {t.device}")
+    dtypes = dtype if isinstance(dtype, tuple) else (dtype,)
+    if t.dtype not in dtypes:
+        raise ValueError(f"{name}: expected dtype {' or '.join(map(str, dtypes))}, found {t.dtype}")
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, found {tuple(t.shape)}")
+    if not t.is_contiguous():
+        raise ValueError(f"{name}: expected a contiguous tensor, found strides {t.stride()}")
+
+
+def _rank(t: torch.Tensor, name: str, ndim: int) -> None:
+    if not isinstance(t, torch.Tensor) or t.dim() != ndim:
+        found = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"{name}: expected a {ndim}-D tensor, found {found}")
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None or t.numel() == 0 else t.data_ptr()
+
+
+def _stream(device: torch.device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+def _config(config: str) -> int:
+    if config not in CONFIGS:
+        raise ValueError(f"config: expected one of {sorted(CONFIGS)}, found {config!r}")
+    return CONFIGS[config]
+
+
+def _on_device(device: torch.device):
+    # The launch goes to the current device; switch only when needed (the guard costs host time).
+    if device.index == torch.cuda.current_device():
+        return _NullCtx()
+    return torch.cuda.device(device)
+
+
+class _NullCtx:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def w4a4_gemm(
+    x4: torch.Tensor, xs4: torch.Tensor, x8: torch.Tensor, xs8: torch.Tensor,
+    w4: torch.Tensor, ws4t: torch.Tensor, w8: torch.Tensor, ws8: torch.Tensor,
+    group_size: int = 128, *, out: torch.Tensor | None = None, config: str = "auto",
+) -> torch.Tensor:
+    """Atom W4A4 mixed-precision group GEMM (lowbit.reference.atom_gemm, rounded to fp16).
+
+    x4 int8 [M, K_n/2] packed int4; xs4 fp16 [M, K_n/G]; x8 int8 [M, K_o]; xs8 fp16 [M];
+    w4 int8 [N, K_n/2]; ws4t fp16 [K_n/G, N] (lowbit.packing.pack_w4a4_scales);
+    w8 int8 [N, K_o]; ws8 fp16 [N].  Rules: K_n % 128 == 0, K_o % 16 == 0, N % 8 == 0,
+    G in (64, 128). out: optional fp16 [M, N]. config: "auto", or force a kernel:
+    "skinny" (M <= 16, G = 128), "decode" (16 x 32 tiles), "mid" (64 x 64), "large" (128 x 128).
+    returns fp16 [M, N].
+    """
+    for t, n in ((x4, "x4"), (xs4, "xs4"), (x8, "x8"), (w4, "w4"), (ws4t, "ws4t"), (w8, "w8")):
+        _rank(t, n, 2)
+    m, kn2 = x4.shape
+    n = w4.shape[0]
+    kn, ko = 2 * kn2, x8.shape[1]
+    if group_size not in (64, 128):
+        raise ValueError(f"group_size: expected 64 or 128, found {group_size}")
+    if kn == 0 or kn % 128:
+        raise ValueError(f"K_n = 2 * x4.shape[1] must be a positive multiple of 128, found {kn}")
+    if ko % 16:
+        raise ValueError(f"K_o = x8.shape[1] must be a multiple of 16, found {ko}")
+    if n < 8 or n % 8:
+        raise ValueError(f"N = w4.shape[0] must be a multiple of 8 (>= 8), found {n}")
+    dev = x4.device
+    ng = kn // group_size
+    _check(x4, "x4", torch.int8, (m, kn // 2), dev)
+    _check(xs4, "xs4", torch.float16, (m, ng), dev)
+    _check(x8, "x8", torch.int8, (m, ko), dev)
+    _check(xs8, "xs8", torch.float16, (m,), dev)
+    _check(w4, "w4", torch.int8, (n, kn // 2), dev)
+    _check(ws4t, "ws4t", torch.float16, (ng, n), dev)
+    _check(w8, "w8", torch.int8, (n, ko), dev)
+    _check(ws8, "ws8", torch.float16, (n,), dev)
+    if out is None:
+        out = torch.empty((m, n), dtype=torch.float16, device=dev)
+    else:
+        _check(out, "out", torch.float16, (m, n), dev)
+    cfg = _config(config)
+    if m == 0:
+        return out
+    lib = library.load()
+    with _on_device(dev):
+        st = lib.lowbit_w4a4_gemm(
+            _ptr(x4), _ptr(xs4), _ptr(x8), _ptr(xs8), _ptr(w4), _ptr(ws4t), _ptr(w8), _ptr(ws8),
+            _ptr(out), m, n, kn, ko, group_size, cfg, _stream(dev))
+    library.check(st, "lowbit_w4a4_gemm")
+    return out
+
+
+def w8a8_gemm(
+    xq: torch.Tensor, xs: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor,
+    *, out: torch.Tensor | None = None, config: str = "auto",
+) -> torch.Tensor:
+    """SmoothQuant W8A8 GEMM (lowbit.reference.w8a8_gemm, rounded to fp16).
+
+    xq int8 [M, K]; xs fp32 [M] (per token) or [1] (static); wq int8 [N, K]; ws fp32 [N].
+    Rules: K % 16 == 0, N % 8 == 0. out: optional fp16 [M, N]. returns fp16 [M, N].
+    """
+    _rank(xq, "xq", 2)
+    _rank(wq, "wq", 2)
+    m, k = xq.shape
+    n = wq.shape[0]
+    if k == 0 or k % 16:
+        raise ValueError(f"K = xq.shape[1] must be a positive multiple of 16, found {k}")
+    if n < 8 or n % 8:
+        raise ValueError(f"N = wq.shape[0] must be a multiple of 8 (>= 8), found {n}")
+    dev = xq.device
+    _check(xq, "xq", torch.int8, (m, k), dev)
+    per_token = not (xs.dim() == 1 and xs.shape[0] == 1 and m != 1)
+    _check(xs, "xs", torch.float32, (m,) if per_token else (1,), dev)
+    _check(wq, "wq", torch.int8, (n, k), dev)
+    _check(ws, "ws", torch.float32, (n,), dev)
+    if out is None:
+        out = torch.empty((m, n), dtype=torch.float16, device=dev)
+    else:
+        _check(out, "out", torch.float16, (m, n), dev)
+    cfg = _config(config)
+    if m == 0:
+        return out
+    lib = library.load()
+    with _on_device(dev):
+        st = lib.lowbit_w8a8_gemm(_ptr(xq), _ptr(xs), int(per_token), _ptr(wq), _ptr(ws),
+                                  _ptr(out), m, n, k, cfg, _stream(dev))
+    library.check(st, "lowbit_w8a8_gemm")
+    return out
+
+
+def _atom_quantize(x, gamma, perm, eps, n_outliers, group_size, clip, out, what):
+    _rank(x, "x", 2)
+    m, k = x.shape
+    dev = x.device
+    _check(x, "x", tuple(_DTYPE_CODE), (m, k))
+    if group_size not in (64, 128):
+        raise ValueError(f"group_size: expected 64 or 128, found {group_size}")
+    kn = k - n_outliers
+    if not 0 <= n_outliers < k or n_outliers % 16:
+        raise ValueError(f"n_outliers: expected a multiple of 16 in [0, {k}), found {n_outliers}")
+    if kn % 128:
+        raise ValueError(f"normal channels K - n_outliers = {kn} must be a multiple of 128")
+    if k % 8 or k > 32768:
+        raise ValueError(f"K = x.shape[1] must be a multiple of 8 and <= 32768, found {k}")
+    if gamma is not None:
+        _check(gamma, "gamma", x.dtype, (k,), dev)
+    if perm is not None:
+        _check(perm, "perm", torch.int32, (k,), dev)
+    if out is None:
+        out = AtomActivation(
+            torch.empty((m, kn // 2), dtype=torch.int8, device=dev),
+            torch.empty((m, kn // group_size), dtype=torch.float16, device=dev),
+            torch.empty((m, n_outliers), dtype=torch.int8, device=dev),
+            torch.empty((m,), dtype=torch.float16, device=dev),
+        )
+    else:
+        out = AtomActivation(*out)
+        _check(out.x4, "out.x4", torch.int8, (m, kn // 2), dev)
+        _check(out.xs4, "out.xs4", torch.float16, (m, kn // group_size), dev)
+        _check(out.x8, "out.x8", torch.int8, (m, n_outliers), dev)
+        _check(out.xs8, "out.xs8", torch.float16, (m,), dev)
+    if m == 0:
+        return out
+    lib = library.load()
+    with _on_device(dev):
+        st = lib.lowbit_atom_quantize(
+            _ptr(x), _DTYPE_CODE[x.dtype], _ptr(gamma), _ptr(perm), float(eps), m, k,
+            n_outliers, group_size, float(clip), _ptr(out.x4), _ptr(out.xs4), _ptr(out.x8),
+            _ptr(out.xs8), _stream(dev))
+    library.check(st, what)
+    return out
+
+
+def atom_rmsnorm_quantize(
+    x: torch.Tensor, gamma: torch.Tensor, perm: torch.Tensor | None, eps: float,
+    n_outliers: int, group_size: int, clip: float, *, out: AtomActivation | None = None,
+) -> AtomActivation:
+    """Fused RMSNorm + Atom reorder + per-token quantize (lowbit.reference.atom_rmsnorm_quantize).
+
+    x fp16/bf16 [M, K] (original channel order); gamma [K], same dtype, already permuted;
+    perm int32 [K] or None (identity). Rules: n_outliers % 16 == 0, (K - n_outliers) % 128 == 0.
+    returns AtomActivation(x4 int8 [M, K_n/2], xs4 fp16 [M, K_n/G], x8 int8 [M, K_o], xs8 [M]).
+    """
+    if gamma is None:
+        raise ValueError("gamma: expected a [K] tensor, found None")
+    return _atom_quantize(x, gamma, perm, eps, n_outliers, group_size, clip, out,
+                          "lowbit_atom_quantize (rmsnorm)")
+
+
+def atom_reorder_quantize(
+    x: torch.Tensor, perm: torch.Tensor | None, n_outliers: int, group_size: int, clip: float,
+    *, out: AtomActivation | None = None,
+) -> AtomActivation:
+    """Standalone reorder + quantize (lowbit.reference.atom_reorder_quantize); perm None = id.
+
+    x fp16/bf16 [M, K]; perm int32 [K] or None. Outputs as atom_rmsnorm_quantize.
+    """
+    return _atom_quantize(x, None, perm, 0.0, n_outliers, group_size, clip, out,
+                          "lowbit_atom_quantize (reorder)")
+
+
+def rmsnorm_quantize_int8(
+    x: torch.Tensor, gamma: torch.Tensor, eps: float, static_scale: torch.Tensor | None = None,
+    *, out: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused RMSNorm + int8 quantize (lowbit.reference.rmsnorm_quantize_int8).
+
+    x fp16/bf16 [M, K] (K % 8 == 0); gamma [K] same dtype; static_scale fp32 [1] or None.
+    returns (q int8 [M, K], scale fp32 [M]; or static_scale itself, [1]).
+    out: optional (q, xs) to write into (xs ignored, may be None, for a static scale).
+    """
+    _rank(x, "x", 2)
+    m, k = x.shape
+    dev = x.device
+    _check(x, "x", tuple(_DTYPE_CODE), (m, k))
+    if k % 8 or k > 32768:
+        raise ValueError(f"K = x.shape[1] must be a multiple of 8 and <= 32768, found {k}")
+    _check(gamma, "gamma", x.dtype, (k,), dev)
+    if static_scale is not None:
+        _check(static_scale.reshape(-1) if static_scale.dim() == 0 else static_scale,
+               "static_scale", torch.float32, (1,), dev)
+        static_scale = static_scale.reshape(1)
+    if out is None:
+        q = torch.empty((m, k), dtype=torch.int8, device=dev)
+        xs = None if static_scale is not None else torch.empty((m,), dtype=torch.float32,
+                                                                device=dev)
+    else:
+        q, xs = out
+        _check(q, "out[0]", torch.int8, (m, k), dev)
+        if static_scale is None:
+            _check(xs, "out[1]", torch.float32, (m,), dev)
+    if m == 0:
+        return q, (static_scale if static_scale is not None else xs)
+    lib = library.load()
+    with _on_device(dev):
+        st = lib.lowbit_rmsnorm_quantize_int8(
+            _ptr(x), _DTYPE_CODE[x.dtype], _ptr(gamma), float(eps), _ptr(static_scale), m, k,
+            _ptr(q), _ptr(xs), _stream(dev))
+    library.check(st, "lowbit_rmsnorm_quantize_int8")
+    return q, (static_scale if static_scale is not None else xs)

@@ -1,0 +1,353 @@
+"""Kernels of liblowbit_kernels.so (through lowbit.ops) against lowbit.reference.
+
+GPU tests (marker `gpu`) skip with a reason when there is no CUDA device or no built library.
+Every case draws fresh random inputs from its own seed, poisons the outputs before the call and
+checks that every element was written.
+
+Tolerances (why):
+- GEMMs: the kernels sum exact integer group products in fp32 in another order than the
+  reference, then round to fp16 once: ||y - ref|| / ||ref|| < 1e-3 (fp16 rounding alone is
+  ~3e-4), no NaN/inf, and >= 90% of outputs bit-equal to the reference rounded to fp16 (the
+  rest differ where accumulation order flips an fp16 rounding).
+- Quantizers with RMSNorm: the sum of squares is reduced in another order than torch's, so
+  rstd may differ in its last bit; a value on a rounding boundary then moves by one integer step
+  and an fp16 scale by one ulp: codes differ by at most 1, in at most 0.1% of elements; scales
+  within 1e-3 relative. Without RMSNorm (reorder-quantize) results are bit-exact.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zlib
+
+import pytest
+import torch
+
+from lowbit import library, ops, packing, reference
+from lowbit.reference import AtomActivation, AtomWeight
+
+GEMM_REL_TOL = 1e-3
+GEMM_MIN_EXACT = 0.90
+Q_MAX_MISMATCH = 1e-3
+SCALE_REL_TOL = 1e-3
+
+
+def _gen(*case) -> torch.Generator:
+    """A generator seeded from the case itself (stable across processes, unlike hash())."""
+    return torch.Generator(device="cuda").manual_seed(zlib.crc32(repr(case).encode()))
+
+
+def _rand_i8(shape, lo: int, hi: int, g: torch.Generator) -> torch.Tensor:
+    return torch.randint(lo, hi + 1, shape, generator=g, device="cuda", dtype=torch.int8)
+
+
+def _rand_scale(shape, g: torch.Generator) -> torch.Tensor:
+    return (torch.rand(shape, generator=g, device="cuda") * 0.02 + 1e-3).half()
+
+
+def _check_gemm(y: torch.Tensor, ref: torch.Tensor) -> None:
+    assert torch.isfinite(y).all(), "output has NaN/inf (unwritten poisoned elements?)"
+    yf = y.float()
+    rel = ((yf - ref).norm() / ref.norm()).item()
+    exact = (y == ref.half()).float().mean().item()
+    assert rel < GEMM_REL_TOL, f"relative error {rel:.3e} >= {GEMM_REL_TOL}"
+    assert exact >= GEMM_MIN_EXACT, f"only {exact:.3f} of outputs equal the fp16 reference"
+
+
+# ---- W4A4 -------------------------------------------------------------------------------------
+# (M, K, N, K_o, G, config): Llama-7B/8B/13B and SmolLM2 projections, ragged M, then the
+# outlier-count / group-size / forced-tile edges.
+W4A4_CASES = [
+    (1, 4096, 4096, 128, 128, "auto"),
+    (16, 4096, 11008, 128, 128, "auto"),
+    (3, 11008, 4096, 128, 128, "auto"),
+    (255, 4096, 14336, 128, 128, "auto"),
+    (17, 14336, 4096, 128, 128, "auto"),
+    (100, 5120, 13824, 128, 128, "auto"),
+    (1000, 4096, 11008, 128, 128, "auto"),
+    (4097, 4096, 4096, 128, 128, "auto"),
+    (1, 576, 576, 192, 128, "auto"),
+    (17, 576, 1536, 192, 128, "auto"),
+    (255, 1536, 576, 128, 128, "auto"),
+    (100, 576, 576, 64, 64, "auto"),
+    (3, 4096, 4096, 128, 64, "auto"),
+    (1000, 4096, 4096, 128, 64, "auto"),
+    (17, 4096, 4096, 0, 128, "auto"),
+    (100, 4112, 4096, 16, 128, "auto"),
+    (33, 1280, 1024, 256, 128, "auto"),
+    (100, 2096, 1032, 48, 128, "decode"),
+    (100, 2096, 1032, 48, 128, "mid"),
+    (100, 2096, 1032, 48, 128, "large"),
+    (300, 2096, 1032, 48, 64, "decode"),
+    (300, 2096, 1032, 48, 64, "mid"),
+    (300, 2096, 1032, 48, 64, "large"),
+    (16, 2096, 1032, 48, 128, "skinny"),
+    (5, 2096, 1032, 48, 128, "skinny"),
+    (1, 576, 1536, 192, 128, "skinny"),
+    (16, 2096, 1032, 48, 128, "decode"),
+    (7, 4096, 1032, 128, 128, "skinny"),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m,k,n,ko,gs,config", W4A4_CASES)
+def test_w4a4_gemm(cuda_lib, m, k, n, ko, gs, config) -> None:
+    g = _gen((m, k, n, ko, gs, config))
+    kn = k - ko
+    a = AtomActivation(_rand_i8((m, kn // 2), -128, 127, g), _rand_scale((m, kn // gs), g),
+                       _rand_i8((m, ko), -127, 127, g), _rand_scale((m,), g))
+    w = AtomWeight(_rand_i8((n, kn // 2), -128, 127, g), _rand_scale((n, kn // gs), g),
+                   _rand_i8((n, ko), -127, 127, g), _rand_scale((n,), g))
+    out = torch.full((m, n), float("nan"), dtype=torch.float16, device="cuda")
+    y = ops.w4a4_gemm(a.x4, a.xs4, a.x8, a.xs8, w.w4, packing.pack_w4a4_scales(w.ws4), w.w8,
+                      w.ws8, gs, out=out, config=config)
+    assert y.data_ptr() == out.data_ptr()
+    _check_gemm(y, reference.atom_gemm(a, w, gs))
+
+
+# ---- W8A8 -------------------------------------------------------------------------------------
+W8A8_CASES = [  # (M, K, N, static x scale, config)
+    (1, 4096, 4096, False, "auto"),
+    (16, 4096, 11008, False, "auto"),
+    (3, 11008, 4096, True, "auto"),
+    (255, 4096, 14336, False, "auto"),
+    (17, 14336, 4096, False, "auto"),
+    (100, 5120, 13824, True, "auto"),
+    (1000, 4096, 11008, False, "auto"),
+    (4097, 4096, 4096, False, "auto"),
+    (1, 576, 576, False, "auto"),
+    (255, 576, 1536, True, "auto"),
+    (17, 1536, 576, False, "auto"),
+    (100, 1040, 1032, False, "decode"),
+    (100, 1040, 1032, False, "mid"),
+    (100, 1040, 1032, True, "large"),
+    (16, 1040, 1032, True, "skinny"),
+    (7, 1040, 1032, False, "skinny"),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m,k,n,static,config", W8A8_CASES)
+def test_w8a8_gemm(cuda_lib, m, k, n, static, config) -> None:
+    g = _gen((m, k, n, static, config))
+    xq = _rand_i8((m, k), -127, 127, g)
+    wq = _rand_i8((n, k), -127, 127, g)
+    xs = torch.rand((1,) if static else (m,), generator=g, device="cuda") * 0.01 + 1e-4
+    ws = torch.rand((n,), generator=g, device="cuda") * 0.01 + 1e-4
+    out = torch.full((m, n), float("nan"), dtype=torch.float16, device="cuda")
+    y = ops.w8a8_gemm(xq, xs, wq, ws, out=out, config=config)
+    _check_gemm(y, reference.w8a8_gemm(xq, xs, wq, ws))
+
+
+# ---- quantizers -------------------------------------------------------------------------------
+def _activation(m: int, k: int, dtype: torch.dtype, g: torch.Generator) -> torch.Tensor:
+    x = torch.randn((m, k), generator=g, device="cuda")
+    big = torch.randperm(k, generator=g, device="cuda")[: max(1, k // 64)]
+    x[:, big] *= 20.0  # a few outlier channels, as in real LLM activations
+    return x.to(dtype)
+
+
+def _perm(x: torch.Tensor, ko: int) -> torch.Tensor:
+    imp = x.float().pow(2).mean(0).cpu()
+    return packing.outliers_last_permutation(imp, ko).cuda()
+
+
+def _poisoned_atom(m: int, k: int, ko: int, gs: int) -> AtomActivation:
+    kn = k - ko
+    return AtomActivation(
+        torch.full((m, kn // 2), 0x55, dtype=torch.int8, device="cuda"),
+        torch.full((m, kn // gs), float("nan"), dtype=torch.float16, device="cuda"),
+        torch.full((m, ko), 0x55, dtype=torch.int8, device="cuda"),
+        torch.full((m,), float("nan"), dtype=torch.float16, device="cuda"),
+    )
+
+
+def _check_codes(q: torch.Tensor, ref: torch.Tensor, what: str, exact: bool) -> None:
+    d = (q.to(torch.int16) - ref.to(torch.int16)).abs()
+    if exact:
+        assert int(d.max()) == 0 if d.numel() else True, f"{what}: codes differ"
+        return
+    assert d.numel() == 0 or int(d.max()) <= 1, f"{what}: a code differs by {int(d.max())}"
+    frac = (d != 0).float().mean().item() if d.numel() else 0.0
+    assert frac <= Q_MAX_MISMATCH, f"{what}: {frac:.2e} of codes off by one"
+
+
+def _check_scales(s: torch.Tensor, ref: torch.Tensor, what: str, exact: bool) -> None:
+    assert torch.isfinite(s).all(), f"{what}: NaN/inf (unwritten?)"
+    if exact:
+        assert torch.equal(s, ref), f"{what}: scales differ"
+        return
+    rel = ((s.float() - ref.float()).abs() / ref.float().abs().clamp_min(1e-30)).max().item()
+    assert rel <= SCALE_REL_TOL, f"{what}: scale relative difference {rel:.2e}"
+
+
+def _check_atom(out: AtomActivation, ref: AtomActivation, exact: bool) -> None:
+    _check_codes(packing.unpack_int4(out.x4), packing.unpack_int4(ref.x4), "x4", exact)
+    _check_codes(out.x8, ref.x8, "x8", exact)
+    _check_scales(out.xs4, ref.xs4, "xs4", exact)
+    _check_scales(out.xs8, ref.xs8, "xs8", exact)
+
+
+ATOM_Q_CASES = [  # (M, K, K_o, G, dtype, eps, clip, use perm)
+    (1, 4096, 128, 128, torch.float16, 1e-5, 0.9, True),
+    (17, 4096, 128, 128, torch.bfloat16, 1e-6, 1.0, True),
+    (1000, 5120, 128, 128, torch.float16, 1e-5, 0.85, True),
+    (255, 11008, 128, 128, torch.float16, 1e-5, 0.9, False),
+    (3, 14336, 256, 64, torch.bfloat16, 1e-5, 0.9, True),
+    (4097, 576, 192, 128, torch.float16, 1e-5, 0.9, True),
+    (100, 576, 64, 64, torch.float16, 1e-6, 1.0, True),
+    (16, 1536, 0, 128, torch.float16, 1e-5, 0.9, False),
+]
+
+
+def _ref_atom_no_outliers(x, gamma, eps, gs, clip) -> AtomActivation:
+    # reference.atom_quantize_activation raises for n_outliers = 0 (it builds a group of size 0);
+    # the same math for the normal part, and scale 0 for the empty outlier group.
+    q4, s4 = reference.quantize_symmetric(reference.rms_norm(x, gamma, eps), reference.INT4_MAX,
+                                          gs, clip, torch.float16)
+    m = x.shape[0]
+    return AtomActivation(packing.pack_int4(q4), s4, torch.zeros((m, 0), dtype=torch.int8,
+                          device=x.device), torch.zeros(m, dtype=torch.float16, device=x.device))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m,k,ko,gs,dtype,eps,clip,use_perm", ATOM_Q_CASES)
+def test_atom_rmsnorm_quantize(cuda_lib, m, k, ko, gs, dtype, eps, clip, use_perm) -> None:
+    g = _gen((m, k, ko, gs, str(dtype), eps, clip, use_perm))
+    x = _activation(m, k, dtype, g)
+    perm = _perm(x, ko) if use_perm else None
+    gamma = (torch.rand(k, generator=g, device="cuda") + 0.5).to(dtype)
+    gamma_p = gamma[perm.long()] if use_perm else gamma
+    ref_perm = perm if use_perm else torch.arange(k, dtype=torch.int32, device="cuda")
+    out = ops.atom_rmsnorm_quantize(x, gamma_p, perm, eps, ko, gs, clip,
+                                    out=_poisoned_atom(m, k, ko, gs))
+    if ko == 0 and not use_perm:
+        ref = _ref_atom_no_outliers(x, gamma_p, eps, gs, clip)
+    else:
+        ref = reference.atom_rmsnorm_quantize(x, gamma_p, ref_perm, eps, ko, gs, clip)
+    _check_atom(out, ref, exact=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m,k,ko,gs,dtype,use_perm", [
+    (1, 4096, 128, 128, torch.float16, True),
+    (1000, 11008, 128, 128, torch.float16, True),
+    (17, 4112, 16, 64, torch.bfloat16, False),
+    (255, 1536, 128, 128, torch.bfloat16, True),
+])
+def test_atom_reorder_quantize(cuda_lib, m, k, ko, gs, dtype, use_perm) -> None:
+    g = _gen((m, k, ko, gs, str(dtype), use_perm))
+    x = _activation(m, k, dtype, g)
+    perm = _perm(x, ko) if use_perm else None
+    out = ops.atom_reorder_quantize(x, perm, ko, gs, 0.9, out=_poisoned_atom(m, k, ko, gs))
+    ref = reference.atom_reorder_quantize(x, perm, ko, gs, 0.9)
+    _check_atom(out, ref, exact=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m,k,dtype,static", [
+    (1, 4096, torch.float16, False),
+    (17, 5120, torch.bfloat16, False),
+    (1000, 4096, torch.float16, True),
+    (4097, 576, torch.float16, False),
+    (255, 11008, torch.float16, False),
+    (3, 14336, torch.bfloat16, True),
+])
+def test_rmsnorm_quantize_int8(cuda_lib, m, k, dtype, static) -> None:
+    g = _gen((m, k, str(dtype), static))
+    x = _activation(m, k, dtype, g)
+    gamma = (torch.rand(k, generator=g, device="cuda") + 0.5).to(dtype)
+    scale = torch.tensor([0.05], device="cuda") if static else None
+    q_out = torch.full((m, k), 0x55, dtype=torch.int8, device="cuda")
+    s_out = torch.full((m,), float("nan"), device="cuda")
+    q, s = ops.rmsnorm_quantize_int8(x, gamma, 1e-5, scale, out=(q_out, s_out))
+    rq, rs = reference.rmsnorm_quantize_int8(x, gamma, 1e-5, scale)
+    _check_codes(q, rq, "q", exact=False)
+    if static:
+        assert s.data_ptr() == scale.data_ptr()
+    else:
+        assert torch.isfinite(s).all()
+        rel = ((s - rs).abs() / rs.abs()).max().item()
+        assert rel <= 1e-5, f"per-token scale relative difference {rel:.2e}"
+
+
+# ---- CUDA graph capture -----------------------------------------------------------------------
+@pytest.mark.gpu
+def test_cuda_graph_capture(cuda_lib) -> None:
+    g = _gen(7)
+    m, k, n, ko, gs = 16, 4096, 4096, 128, 128
+    x = _activation(m, k, torch.float16, g)
+    gamma = (torch.rand(k, generator=g, device="cuda") + 0.5).half()
+    perm = _perm(x, ko)
+    w = AtomWeight(_rand_i8((n, (k - ko) // 2), -128, 127, g), _rand_scale((n, (k - ko) // gs), g),
+                   _rand_i8((n, ko), -127, 127, g), _rand_scale((n,), g))
+    ws4t = packing.pack_w4a4_scales(w.ws4)
+
+    def step():
+        a = ops.atom_rmsnorm_quantize(x, gamma, perm, 1e-5, ko, gs, 0.9)
+        return ops.w4a4_gemm(*a, w.w4, ws4t, w.w8, w.ws8, gs)
+
+    eager = step()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        step()  # warm-up on the side stream, as torch's graph docs ask
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = step()
+    y.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(y, eager)
+
+
+# ---- CPU-side checks (no GPU, no library needed) ----------------------------------------------
+def test_import_does_not_load_library() -> None:
+    code = "import lowbit.ops, lowbit.library as l; print(l._lib is None)"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(__import__("pathlib").Path(library.__file__).parents[1])]
+        + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       check=True)
+    assert r.stdout.strip() == "True"
+
+
+def test_missing_library_error_names_paths(monkeypatch, tmp_path) -> None:
+    missing = [tmp_path / "a" / library.LIB_NAME, tmp_path / "b" / library.LIB_NAME]
+    monkeypatch.setattr(library, "_lib", None)
+    monkeypatch.setattr(library, "candidate_paths", lambda: missing)
+    with pytest.raises(library.LibraryNotFoundError) as e:
+        library.load()
+    for p in missing:
+        assert str(p) in str(e.value)
+
+
+def test_env_var_is_searched_first(monkeypatch) -> None:
+    monkeypatch.setenv(library.ENV_VAR, "/some/where/liblowbit_kernels.so")
+    paths = library.candidate_paths()
+    assert str(paths[0]) == "/some/where/liblowbit_kernels.so"
+    assert paths[1].parts[-2:] == ("build", library.LIB_NAME)
+
+
+def test_validation_errors_on_cpu_tensors() -> None:
+    x4 = torch.zeros(4, 64, dtype=torch.int8)
+    with pytest.raises(ValueError, match="CUDA"):
+        ops.w4a4_gemm(x4, torch.zeros(4, 1, dtype=torch.float16),
+                      torch.zeros(4, 0, dtype=torch.int8),
+                      torch.zeros(4, dtype=torch.float16), torch.zeros(8, 64, dtype=torch.int8),
+                      torch.zeros(1, 8, dtype=torch.float16), torch.zeros(8, 0, dtype=torch.int8),
+                      torch.zeros(8, dtype=torch.float16))
+    with pytest.raises(ValueError, match="multiple of 128"):
+        ops.w4a4_gemm(torch.zeros(4, 32, dtype=torch.int8), torch.zeros(4, 1),
+                      torch.zeros(4, 0, dtype=torch.int8), torch.zeros(4),
+                      torch.zeros(8, 32, dtype=torch.int8), torch.zeros(1, 8),
+                      torch.zeros(8, 0, dtype=torch.int8), torch.zeros(8))
+    with pytest.raises(ValueError, match="multiple of 16"):
+        ops.w8a8_gemm(torch.zeros(4, 40, dtype=torch.int8), torch.zeros(4),
+                      torch.zeros(8, 40, dtype=torch.int8), torch.zeros(8))
+    with pytest.raises(ValueError, match="CUDA"):
+        ops.rmsnorm_quantize_int8(torch.zeros(4, 64), torch.zeros(64), 1e-5)
