@@ -30,13 +30,10 @@ from converters.schemes import (
 )
 
 KV4 = KVCacheConfig(kind="int4", k_group_size=32, smooth_k=0.5)
-CONFIGS: dict[str, QuantizeConfig] = {
+CONFIGS: dict[str, QuantizeConfig] = {  # every default is the CLI's
     "sq-per-token": QuantizeConfig(scheme="smoothquant-w8a8"),
-    "sq-per-token-auto": QuantizeConfig(scheme="smoothquant-w8a8",
-                                        smoothquant=SmoothQuantConfig(alpha_auto=True)),
-    "sq-per-tensor-auto": QuantizeConfig(scheme="smoothquant-w8a8",
-                                         smoothquant=SmoothQuantConfig(alpha_auto=True,
-                                                                       act_quant="per-tensor")),
+    "sq-per-tensor": QuantizeConfig(scheme="smoothquant-w8a8",
+                                    smoothquant=SmoothQuantConfig(act_quant="per-tensor")),
     "fp16-kv4": QuantizeConfig(kv=KV4),
     "atom-g128": QuantizeConfig(scheme="atom-w4a4"),
     "atom-g128-kv4": QuantizeConfig(scheme="atom-w4a4", kv=KV4),

@@ -6,6 +6,8 @@ applied per token, channel and group; the KV cache stored quantized.
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import Any
 
 import torch
@@ -14,6 +16,22 @@ from builder.runtime import CACHE_FACTORIES, LINEAR_FACTORIES, Linear
 from converters.errors import UserError
 from converters.schemes import ATOM_ALGO, SQ_PER_TENSOR, SQ_PER_TOKEN
 from lowbit import reference as R
+
+
+@functools.cache
+def kernels_available() -> bool:
+    """On CUDA, linears run on the native kernels (lowbit.ops) when the library loads, unless
+    LOWBIT_USE_KERNELS=0; elsewhere, and for shapes the kernels refuse, on lowbit.reference."""
+    if os.environ.get("LOWBIT_USE_KERNELS", "1") == "0" or not torch.cuda.is_available():
+        return False
+    from lowbit import library
+
+    try:
+        library.load()
+    except Exception:  # no library built: the reference path still runs on the GPU
+        return False
+    return True
+
 
 # The static input scale of each linear (TensorRT-LLM SmoothQuant names).
 _SQ_INPUT_SCALE = {"attention.qkv": "input_layernorm.scale_to_int",
@@ -46,16 +64,23 @@ class W8A8Linear:
         b = t.get(f"{name}.bias")
         self.bias = None if b is None else b.float().to(device)
         self.dtype = dtype
+        n, k = self.w.shape
+        self.kernel = (torch.device(device).type == "cuda" and kernels_available()
+                       and k % 16 == 0 and n % 8 == 0)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         h = x.float()
         if self.smoother is not None:
             h = h / self.smoother
         if self.static:
-            xq = R.quantize_static_int8(h, self.x_scale)
-            y = R.w8a8_gemm(xq, self.act_scale, self.w, self.ws)
+            xq, xs = R.quantize_static_int8(h, self.x_scale), self.act_scale
         else:
             xq, xs = R.quantize_per_token_int8(h)
+        if self.kernel:
+            from lowbit import ops
+
+            y = ops.w8a8_gemm(xq.contiguous(), xs.float().contiguous(), self.w, self.ws).float()
+        else:
             y = R.w8a8_gemm(xq, xs, self.w, self.ws)
         if self.bias is not None:
             y = y + self.bias
@@ -78,10 +103,26 @@ class AtomLinear:
         b = t.get(f"{name}.bias")
         self.bias = None if b is None else b.float().to(device)
         self.dtype = dtype
+        n, kn = self.weight.w4.shape[0], 2 * self.weight.w4.shape[1]
+        self.kernel = (torch.device(device).type == "cuda" and kernels_available()
+                       and kn > 0 and kn % 128 == 0 and self.n_outliers % 16 == 0
+                       and n % 8 == 0 and self.group in (64, 128))
+        if self.kernel:
+            from lowbit.packing import pack_w4a4_scales
+
+            self.ws4t = pack_w4a4_scales(self.weight.ws4)  # the kernel's scale layout, once
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        a = R.atom_reorder_quantize(x, self.perm, self.n_outliers, self.group, self.clip)
-        y = R.atom_gemm(a, self.weight, self.group)
+        if self.kernel:
+            from lowbit import ops
+
+            a = ops.atom_reorder_quantize(x.half().contiguous(), self.perm, self.n_outliers,
+                                          self.group, self.clip)
+            w = self.weight
+            y = ops.w4a4_gemm(*a, w.w4, self.ws4t, w.w8, w.ws8, self.group).float()
+        else:
+            a = R.atom_reorder_quantize(x, self.perm, self.n_outliers, self.group, self.clip)
+            y = R.atom_gemm(a, self.weight, self.group)
         if self.bias is not None:
             y = y + self.bias
         return y.to(self.dtype)

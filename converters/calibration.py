@@ -5,7 +5,8 @@ decoder layer at a time and records, through taps on the runtime's layer forward
         absmax [K], meansq [K] (over all calibration tokens)
         hessian [K, K] = X^T X / n over the Hessian tokens (every `hessian_every`-th window;
                          what GPTQ needs, computed layer by layer so only one layer's are held)
-        sample [S, K]  a fixed random subset of tokens, for searches (alpha, clipping)
+        sample [S, K]  a fixed random subset of tokens plus every window's first token, for
+                       searches (alpha, clipping)
     per linear output (qkv_out, dense_out, fc_out, gate_out, proj_out): absmax [N]
     k_pre (K before RoPE), k (after RoPE), v: per-channel absmax [nkv*d]
 
@@ -66,19 +67,20 @@ class _Accumulator:
         if name in KV_TAPS:  # [B, nkv, T, d] -> channels nkv*d
             t = t.transpose(1, 2).reshape(-1, t.shape[1] * t.shape[3])
         t = t.float()
-        if not torch.isfinite(t).all():
-            raise UserError(f"calibration activations at {name} contain NaN or Inf")
+        if self.want_hessian:  # only the Hessian (statistics come from the full pass)
+            self.hess[name] = self.hess.get(name, 0) + (t.T @ t).double()
+            self.hess_n[name] = self.hess_n.get(name, 0) + t.shape[0]
+            return
         am = t.abs().amax(0)
+        if not torch.isfinite(am).all():
+            raise UserError(f"calibration activations at {name} contain NaN or Inf")
         self.absmax[name] = am if name not in self.absmax else torch.maximum(
             self.absmax[name], am)
         if name not in LINEAR_INPUTS:
             return
-        self.sumsq[name] = self.sumsq.get(name, 0) + t.double().pow(2).sum(0)
+        # float32 partial sums per batch (<= a few thousand rows), accumulated in float64
+        self.sumsq[name] = self.sumsq.get(name, 0) + t.square().sum(0).double()
         self.count[name] = self.count.get(name, 0) + t.shape[0]
-        if self.want_hessian:
-            h = (t.T @ t).double()
-            self.hess[name] = self.hess.get(name, 0) + h
-            self.hess_n[name] = self.hess_n.get(name, 0) + t.shape[0]
 
 
 class Calibrator:
@@ -102,7 +104,10 @@ class Calibrator:
         s, t = windows.shape
         g = torch.Generator().manual_seed(seed)
         n = min(sample_tokens, s * t)
-        self.sample_idx = torch.randperm(s * t, generator=g)[:n].sort().values if n else None
+        # random tokens plus the first token of every window: those carry the massive
+        # "attention sink" activations that static scales must account for
+        idx = torch.cat((torch.randperm(s * t, generator=g)[:n], torch.arange(s) * t))
+        self.sample_idx = torch.unique(idx) if n else None
 
     @torch.inference_mode()
     def run_layer(self, i: int, float_layer: dict[str, torch.Tensor]) -> LayerStats:

@@ -29,7 +29,7 @@ def fold_k_smoothing(layer: dict[str, torch.Tensor], lam: torch.Tensor, num_head
                      num_kv_heads: int, head_size: int) -> dict[str, torch.Tensor]:
     """k rows / lam, q rows * lam (each query head with its KV head's lam). Exact in float."""
     out = dict(layer)
-    nq, nkv = num_heads * head_size, num_kv_heads * head_size
+    nkv = num_kv_heads * head_size
     rep = num_heads // num_kv_heads
     lam_q = lam.reshape(num_kv_heads, 1, head_size).expand(num_kv_heads, rep, head_size)
     lam_q = lam_q.reshape(-1)
@@ -37,5 +37,4 @@ def fold_k_smoothing(layer: dict[str, torch.Tensor], lam: torch.Tensor, num_head
     out["attention.qkv.weight"] = layer["attention.qkv.weight"] * scale[:, None]
     if "attention.qkv.bias" in layer:
         out["attention.qkv.bias"] = layer["attention.qkv.bias"] * scale
-    del nq
     return out

@@ -78,7 +78,7 @@ def _kv_int8_scale(stats: LayerStats, v_div: torch.Tensor | None) -> torch.Tenso
 
 # -- SmoothQuant ---------------------------------------------------------------------------
 def _sq_layer(layer: dict[str, torch.Tensor], stats: LayerStats, cfg: QuantizeConfig,
-              spec: Any, default_alpha: float) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+              spec: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     sq = cfg.smoothquant
     nh, nkv, d = spec.num_attention_heads, spec.num_key_value_heads, spec.head_size
     static = sq.act_quant == "per-tensor"
@@ -104,7 +104,7 @@ def _sq_layer(layer: dict[str, torch.Tensor], stats: LayerStats, cfg: QuantizeCo
                     best = (err, a, s)
             _, alpha, s = best
         else:
-            alpha = default_alpha if sq.alpha is None else sq.alpha
+            alpha = sq.alpha
             s = SQ.smooth_scales(x_am, w_am, alpha)
         if static:  # clipping ratio of the static activation scale, searched on samples
             x = stats.sample[tap]
@@ -261,8 +261,11 @@ def quantize_model(src: SourceModel, output: Path, cfg: QuantizeConfig,
     spec = src.spec
     validate(cfg, spec, tp_size)
     default_alpha = get_architecture(spec.architecture).smoothquant_alpha
-    if cfg.scheme == "smoothquant-w8a8" and cfg.smoothquant.alpha is None:
-        cfg = replace(cfg, smoothquant=replace(cfg.smoothquant, alpha=default_alpha))
+    if cfg.scheme == "smoothquant-w8a8" and cfg.smoothquant.alpha is None and \
+            not cfg.smoothquant.alpha_auto:
+        sq = (replace(cfg.smoothquant, alpha_auto=True) if default_alpha == "auto" else
+              replace(cfg.smoothquant, alpha=float(default_alpha)))
+        cfg = replace(cfg, smoothquant=sq)
     quantization, extra = scheme_config(cfg, spec)
     extra.update(extra_config or {})
     extra.setdefault("lowbit", {})["settings"] = cfg.settings()
@@ -299,7 +302,7 @@ def quantize_model(src: SourceModel, output: Path, cfg: QuantizeConfig,
         stats_all[i] = LayerStats(stats.absmax, stats.meansq)
         layer, info = _kv_transform(layer, stats, cfg, spec)
         if cfg.scheme == "smoothquant-w8a8":
-            out, more = _sq_layer(layer, stats, cfg, spec, default_alpha)
+            out, more = _sq_layer(layer, stats, cfg, spec)
         elif cfg.scheme == "atom-w4a4":
             out, more = _atom_layer(layer, stats, cfg, spec)
         else:

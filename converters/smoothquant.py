@@ -36,7 +36,7 @@ def weight_absmax(*weights: torch.Tensor) -> torch.Tensor:
 def group_shared(v: torch.Tensor, num_heads: int, num_kv_heads: int, head_size: int
                  ) -> torch.Tensor:
     """For the dense input [nh*d]: the max over the query heads sharing a KV head, expanded back
-    to [nh*d], so the scale can be folded into v rows ([nkv*d]). Also returns nothing else."""
+    to [nh*d], so that a scale computed from it can be folded into the v rows ([nkv*d])."""
     rep = num_heads // num_kv_heads
     g = v.reshape(num_kv_heads, rep, head_size).amax(1)  # [nkv, d]
     return g[:, None, :].expand(num_kv_heads, rep, head_size).reshape(-1)

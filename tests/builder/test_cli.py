@@ -135,3 +135,10 @@ def test_quantizer_option_errors(smollm2_path, tmp_path, capsys, argv, msg):
     assert main(["convert", "--model", str(smollm2_path), "--output", str(out), *argv]) == 2
     assert msg in _err(capsys)
     assert not out.exists()
+
+
+def test_dataset_without_network_or_package_is_a_clear_error(smollm2_checkpoint, capsys):
+    """CI has neither the `datasets` package nor network: either way, exit 2 and say why."""
+    assert main(["eval", "--checkpoint", str(smollm2_checkpoint), "--dataset", "wikitext2"]) == 2
+    line = _err(capsys)
+    assert "datasets" in line or "network" in line
