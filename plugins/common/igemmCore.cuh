@@ -417,7 +417,10 @@ using CfgLarge = TileConfig<128, 128, 2, 4, 1, 2, 3, 1>;
 //          no registers left for it), 4 stages x 24 KiB = 96 KiB.
 using CfgLarge8 = TileConfig<128, 256, 2, 4, 1, 1, 4, 1>;
 
-enum ConfigId { kCfgAuto = -1, kCfgDecode = 0, kCfgMid = 1, kCfgLarge = 2, kCfgSkinny = 3 };
+enum ConfigId {
+  kCfgAuto = -1, kCfgDecode = 0, kCfgMid = 1, kCfgLarge = 2, kCfgSkinny = 3,
+  kCfgGemv = 4, kCfgGemvK16 = 5, kCfgGemvK12 = 6  // gemv: K16 or K12 by shape; or forced
+};
 
 }  // namespace igemm
 }  // namespace lowbit
@@ -442,14 +445,15 @@ inline int multiprocessorCount() {
 }  // namespace lowbit
 
 #include "common/igemmSkinny.cuh"
+#include "common/igemmGemv.cuh"
 
 namespace lowbit {
 namespace igemm {
 
-// Skinny kernel for M <= 16 (tiled decode for G = 64); the 128 x 128 tile once it yields at least
-// two waves; else 64 x 64.
+// Gemv kernel for M <= 16 (tiled decode for G = 64; gemv falls back to skinny where it does not
+// fit); the 128 x 128 tile once it yields at least two waves; else 64 x 64.
 inline int pickConfig(int M, int N, int mode) {
-  if (M <= 16) return mode == kW4A4G64 ? kCfgDecode : kCfgSkinny;
+  if (M <= 16) return mode == kW4A4G64 ? kCfgDecode : kCfgGemv;
   const long tiles = (long)((M + 127) / 128) * ((N + 127) / 128);
   return tiles >= 2L * multiprocessorCount() ? kCfgLarge : kCfgMid;
 }
@@ -467,8 +471,15 @@ inline int launchConfig(const Problem& p, cudaStream_t stream) {
 
 template <int MODE>
 inline int dispatch(const Problem& p, int config, cudaStream_t stream) {
-  if (config == kCfgAuto) config = pickConfig(p.M, p.N, MODE);
+  const bool autoPick = config == kCfgAuto;
+  if (autoPick) config = pickConfig(p.M, p.N, MODE);
   switch (config) {
+    case kCfgGemv:
+    case kCfgGemvK16:
+    case kCfgGemvK12:
+      if (gemvFits<MODE>(p)) return launchGemv<MODE>(p, stream, config - kCfgGemv);
+      if (!autoPick) return LOWBIT_ERR_UNSUPPORTED;
+      [[fallthrough]];  // auto: N < 16 or > 2 GiB operands take the skinny/decode path
     case kCfgSkinny: {
       bool used = false;
       const int st = launchSkinny<MODE>(p, stream, &used);

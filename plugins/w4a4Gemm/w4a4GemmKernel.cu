@@ -21,8 +21,10 @@
 // x16 widening), converted exactly and scaled in fp32 (xs4*ws4, fp16 -> fp32, exact product);
 // outliers likewise once; fp32 accumulation over groups, then one fp16 rounding.
 //
-// Kernel configurations (igemmCore.cuh, igemmSkinny.cuh), chosen by pickConfig: skinny
-// (M <= 16, G = 128: weights streamed through a per-warp cp.async ring, no smem tiles), decode
+// Kernel configurations (igemmCore.cuh, igemmGemv.cuh, igemmSkinny.cuh), chosen by pickConfig:
+// gemv (M <= 16, G = 128: weights streamed into registers as the mma A operand, 12 or 16 warps
+// split K; the Atom outliers of each 64-value part are scaled per part, fp32 rounding only),
+// skinny (its fallback: weights through a per-warp cp.async ring, no smem tiles), decode
 // 16x32 with 8-way in-CTA split-K (M <= 16 with G = 64), mid 64x64 (2x2 warps, 2-way split-K),
 // large 128x128 (2x4 warps, 3 stages of 128 B of K).
 #include "w4a4Gemm/w4a4GemmKernel.h"

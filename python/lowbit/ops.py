@@ -19,7 +19,8 @@ from lowbit.reference import AtomActivation
 
 _DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1}  # plugins/quantize/quantizeKernel.h
 # kernel choice of the GEMM launchers (plugins/common/igemmCore.cuh, ConfigId)
-CONFIGS = {"auto": -1, "decode": 0, "mid": 1, "large": 2, "skinny": 3}
+CONFIGS = {"auto": -1, "decode": 0, "mid": 1, "large": 2, "skinny": 3,
+           "gemv": 4, "gemv_k16": 5, "gemv_k12": 6}
 
 
 def _check(t: torch.Tensor, name: str, dtype: torch.dtype | tuple, shape: tuple,
@@ -86,7 +87,8 @@ def w4a4_gemm(
     w4 int8 [N, K_n/2]; ws4t fp16 [K_n/G, N] (lowbit.packing.pack_w4a4_scales);
     w8 int8 [N, K_o]; ws8 fp16 [N].  Rules: K_n % 128 == 0, K_o % 16 == 0, N % 8 == 0,
     G in (64, 128). out: optional fp16 [M, N]. config: "auto", or force a kernel:
-    "skinny" (M <= 16, G = 128), "decode" (16 x 32 tiles), "mid" (64 x 64), "large" (128 x 128).
+    "gemv" (M <= 16, G = 128; "gemv_k16" / "gemv_k12" force its warp count), "skinny"
+    (M <= 16, G = 128), "decode" (16 x 32 tiles), "mid" (64 x 64), "large" (128 x 128).
     returns fp16 [M, N].
     """
     for t, n in ((x4, "x4"), (xs4, "xs4"), (x8, "x8"), (w4, "w4"), (ws4t, "ws4t"), (w8, "w8")):
