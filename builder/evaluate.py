@@ -68,9 +68,9 @@ def describe(config: dict[str, Any]) -> tuple[str, str]:
     kv = q.get("kv_cache_quant_algo")
     scheme = config.get("lowbit", {}).get("scheme") or ("fp16" if algo is None else str(algo))
     parts = [f"dtype={config.get('dtype')}"]
-    for k, v in (config.get("lowbit", {}).get("settings") or {}).items():
-        parts.append(f"{k}={v}")
-    if kv:
+    settings = config.get("lowbit", {}).get("settings") or {}
+    parts += [f"{k}={v}" for k, v in settings.items() if v is not None]
+    if kv and "kv" not in settings:
         parts.append(f"kv={kv}")
     return scheme, " ".join(parts)
 
@@ -105,9 +105,12 @@ def save_plot(rows: list[EvalRow], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(max(4, 1.4 * len(rows)), 3.5))
-    labels = [f"{r.scheme}\n{Path(r.checkpoint).name}" for r in rows]
-    bars = ax.bar(labels, [r.perplexity for r in rows], color="#4472c4")
+    fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(rows)), 4))
+    labels = [Path(r.checkpoint).name for r in rows]
+    colors = {"fp16": "#7f7f7f", "smoothquant-w8a8": "#4472c4", "atom-w4a4": "#c55a11"}
+    bars = ax.bar(labels, [r.perplexity for r in rows],
+                  color=[colors.get(r.scheme, "#4472c4") for r in rows])
+    ax.tick_params(axis="x", labelrotation=25)
     for b, r in zip(bars, rows):
         txt = f"{r.perplexity:.2f}" + ("" if r.delta_pct is None else f"\n{r.delta_pct:+.1f}%")
         ax.annotate(txt, (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",

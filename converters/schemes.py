@@ -75,7 +75,7 @@ class QuantizeConfig:
         if self.kv.kind != "fp16":
             out["kv"] = self.kv.kind
             if self.kv.kind == "int4":
-                out.update(k_group=self.kv.k_group_size, v_group=self.kv.v_group_size,
+                out.update(k_group=self.kv.k_group_size, v_group=self.kv.v_group_size or "head",
                            smooth_k=self.kv.smooth_k)
         return out
 
