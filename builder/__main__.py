@@ -84,8 +84,10 @@ def _add_quant_options(c: argparse.ArgumentParser) -> None:
                     help=f"INT4 group size (default {a.group_size})")
     at.add_argument("--act-clip", type=float, default=a.act_clip, metavar="R",
                     help=f"activation INT4 clipping ratio (default {a.act_clip})")
-    at.add_argument("--gptq", action=argparse.BooleanOptionalAction, default=a.gptq,
-                    help="GPTQ weight quantization in the reordered layout (default on)")
+    c.add_argument("--gptq", action=argparse.BooleanOptionalAction, default=None,
+                   help="GPTQ weight quantization (atom-w4a4: in the reordered layout, default "
+                        "on; smoothquant-w8a8: INT8 weights with the smoothed-input Hessian, "
+                        "default off)")
     at.add_argument("--weight-clip-search", action=argparse.BooleanOptionalAction,
                     default=a.weight_clip_search,
                     help="search the INT4 weight clipping ratio per linear (default on)")
@@ -127,9 +129,12 @@ def quantize_config(a: argparse.Namespace, head_size: int) -> Any:
                          v_group_size=a.v_group_size if kind == "int4" else None,
                          smooth_k=a.smooth_k if kind == "int4" else None),
         smoothquant=SmoothQuantConfig(alpha=None if a.alpha in (None, "auto") else a.alpha,
-                                      alpha_auto=a.alpha == "auto", act_quant=a.act_quant),
+                                      alpha_auto=a.alpha == "auto", act_quant=a.act_quant,
+                                      gptq=SmoothQuantConfig().gptq if a.gptq is None
+                                      else a.gptq),
         atom=AtomConfig(outliers=a.outliers, group_size=a.group_size, act_clip=a.act_clip,
-                        gptq=a.gptq, weight_clip_search=a.weight_clip_search),
+                        gptq=AtomConfig().gptq if a.gptq is None else a.gptq,
+                        weight_clip_search=a.weight_clip_search),
         calibration=CalibrationConfig(num_samples=a.num_samples, seq_len=a.seq_len),
     )
 

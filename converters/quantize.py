@@ -40,6 +40,7 @@ LINEARS = {  # TensorRT-LLM linear prefix -> the calibration tap of its input
 }
 OUTPUT_TAP = {"attention.qkv": "qkv_out", "attention.dense": "dense_out", "mlp.fc": "fc_out",
               "mlp.gate": "gate_out", "mlp.proj": "proj_out"}
+_SQ_GROUP = {"qkv_in": "qkv", "fc_in": "fc", "proj_in": "proj", "dense_in": "dense"}
 # Where a linear's static input scale lives in TensorRT-LLM's SmoothQuant checkpoints.
 SQ_INPUT_SCALE = {"qkv_in": "input_layernorm.scale_to_int", "fc_in": "post_layernorm.scale_to_int",
                   "dense_in": "attention.quantization_scaling_factor",
@@ -120,7 +121,15 @@ def _sq_layer(layer: dict[str, torch.Tensor], stats: LayerStats, cfg: QuantizeCo
                    ("dense_in", "dense")):
         in_scale[tap] = (stats.absmax[tap] / scales[g]).max() * clips.get(tap, 1.0) / 127.0
     for prefix, tap in LINEARS.items():
-        q, ws = SQ.int8_per_channel(layer[f"{prefix}.weight"])
+        if sq.gptq and tap in stats.hessian:
+            # the smoothed input is x / s: its Hessian is diag(1/s) H diag(1/s)
+            inv = 1.0 / scales[_SQ_GROUP[tap]]
+            h = stats.hessian[tap] * inv[:, None] * inv[None, :]
+            w = layer[f"{prefix}.weight"]
+            qw = gptq(w, h, ColumnGroups.per_channel_int8(w.shape[1]))
+            q, ws = qw.codes, qw.scales[0].float()
+        else:
+            q, ws = SQ.int8_per_channel(layer[f"{prefix}.weight"])
         out[f"{prefix}.weight"] = q
         if static:
             # TensorRT-LLM's meanings: act_scale = output scale y_max/127; per_channel_scale =
@@ -276,7 +285,8 @@ def quantize_model(src: SourceModel, output: Path, cfg: QuantizeConfig,
     c = cfg.calibration
     searches = cfg.scheme == "smoothquant-w8a8" and (cfg.smoothquant.alpha_auto or
                                                       cfg.smoothquant.act_quant == "per-tensor")
-    need_hess = cfg.scheme == "atom-w4a4" and cfg.atom.gptq
+    need_hess = (cfg.scheme == "atom-w4a4" and cfg.atom.gptq) or (
+        cfg.scheme == "smoothquant-w8a8" and cfg.smoothquant.gptq)
     if calib_stats is not None:
         loaded, _ = load_stats(Path(calib_stats), spec.num_hidden_layers)
     calibrator = None

@@ -39,6 +39,7 @@ class SmoothQuantConfig:
     alpha: float | None = None  # migration strength; None = the architecture's default
     alpha_auto: bool = False  # per-layer grid search minimizing quantized output error
     act_quant: str = "per-token"  # per-token (dynamic) | per-tensor (static, calibrated)
+    gptq: bool = False  # GPTQ for the INT8 weights (Hessian of the smoothed input)
     # The grid searched by --alpha auto, and the clipping ratios tried for static scales.
     alpha_grid: tuple[float, ...] = tuple(round(0.3 + 0.05 * i, 2) for i in range(14))
     static_clip_grid: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
@@ -67,7 +68,8 @@ class QuantizeConfig:
         out: dict[str, Any] = {}
         if self.scheme == "smoothquant-w8a8":
             sq = self.smoothquant
-            out.update(alpha="auto" if sq.alpha_auto else sq.alpha, act_quant=sq.act_quant)
+            out.update(alpha="auto" if sq.alpha_auto else sq.alpha, act_quant=sq.act_quant,
+                       gptq=sq.gptq)
         if self.scheme == "atom-w4a4":
             a = self.atom
             out.update(outliers=a.outliers, group_size=a.group_size, act_clip=a.act_clip,

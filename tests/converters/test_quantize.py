@@ -170,3 +170,15 @@ def test_atom_refuses_tensor_parallel(hf_dir, tmp_path):
     with pytest.raises(UserError, match="--tp-size 1 only"):
         quantize_model(open_model(hf_dir), tmp_path / "x", cfg, _windows(), tp_size=2,
                        progress=False)
+
+
+def test_smoothquant_gptq_tensors(hf_dir, tmp_path):
+    cfg = QuantizeConfig(scheme="smoothquant-w8a8", calibration=CAL,
+                         smoothquant=SmoothQuantConfig(alpha=0.6, gptq=True))
+    conf = quantize_model(open_model(hf_dir), tmp_path / "g", cfg, _windows(), progress=False)
+    assert conf["lowbit"]["settings"]["gptq"] is True
+    t = _layer0(tmp_path / "g")
+    assert t["mlp.proj.weight"].dtype == torch.int8
+    assert int(t["mlp.proj.weight"].abs().max()) <= 127
+    assert t["mlp.proj.per_channel_scale"].dtype == torch.float32
+    assert tuple(t["mlp.proj.per_channel_scale"].shape) == (1, H)
