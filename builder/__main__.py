@@ -87,7 +87,7 @@ def _add_quant_options(c: argparse.ArgumentParser) -> None:
     c.add_argument("--gptq", action=argparse.BooleanOptionalAction, default=None,
                    help="GPTQ weight quantization (atom-w4a4: in the reordered layout, default "
                         "on; smoothquant-w8a8: INT8 weights with the smoothed-input Hessian, "
-                        "default off)")
+                        "default on)")
     at.add_argument("--weight-clip-search", action=argparse.BooleanOptionalAction,
                     default=a.weight_clip_search,
                     help="search the INT4 weight clipping ratio per linear (default on)")

@@ -16,6 +16,7 @@ from builder.runtime import CACHE_FACTORIES, LINEAR_FACTORIES, Linear
 from converters.errors import UserError
 from converters.schemes import ATOM_ALGO, SQ_PER_TENSOR, SQ_PER_TOKEN
 from lowbit import reference as R
+from lowbit.packing import unpack_int4
 
 
 @functools.cache
@@ -67,6 +68,7 @@ class W8A8Linear:
         n, k = self.w.shape
         self.kernel = (torch.device(device).type == "cuda" and kernels_available()
                        and k % 16 == 0 and n % 8 == 0)
+        self.w_float: torch.Tensor | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         h = x.float()
@@ -81,7 +83,9 @@ class W8A8Linear:
 
             y = ops.w8a8_gemm(xq.contiguous(), xs.float().contiguous(), self.w, self.ws).float()
         else:
-            y = R.w8a8_gemm(xq, xs, self.w, self.ws)
+            if self.w_float is None:  # widened once, on first use of the reference path
+                self.w_float = self.w.float()
+            y = R.w8a8_gemm(xq, xs, self.w, self.ws, self.w_float)
         if self.bias is not None:
             y = y + self.bias
         return y.to(self.dtype)
@@ -107,6 +111,7 @@ class AtomLinear:
         self.kernel = (torch.device(device).type == "cuda" and kernels_available()
                        and kn > 0 and kn % 128 == 0 and self.n_outliers % 16 == 0
                        and n % 8 == 0 and self.group in (64, 128))
+        self.codes: tuple[torch.Tensor, torch.Tensor] | None = None
         if self.kernel:
             from lowbit.packing import pack_w4a4_scales
 
@@ -122,7 +127,9 @@ class AtomLinear:
             y = ops.w4a4_gemm(*a, w.w4, self.ws4t, w.w8, w.ws8, self.group).float()
         else:
             a = R.atom_reorder_quantize(x, self.perm, self.n_outliers, self.group, self.clip)
-            y = R.atom_gemm(a, self.weight, self.group)
+            if self.codes is None:  # widened once, on first use of the reference path
+                self.codes = (unpack_int4(self.weight.w4).float(), self.weight.w8.float())
+            y = R.atom_gemm(a, self.weight, self.group, self.codes)
         if self.bias is not None:
             y = y + self.bias
         return y.to(self.dtype)

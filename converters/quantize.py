@@ -97,10 +97,11 @@ def _sq_layer(layer: dict[str, torch.Tensor], stats: LayerStats, cfg: QuantizeCo
             w_am = SQ.group_shared(w_am, nh, nkv, d)
         if sq.alpha_auto:
             x = stats.sample[tap]
+            ref = x @ w.T
             best = None
             for a in sq.alpha_grid:
                 s = SQ.smooth_scales(x_am, w_am, a)
-                err = SQ.fake_w8a8_error(x, w, s, 1.0 if static else None)
+                err = SQ.fake_w8a8_error(x, w, s, 1.0 if static else None, ref)
                 if best is None or err < best[0]:
                     best = (err, a, s)
             _, alpha, s = best
@@ -109,7 +110,8 @@ def _sq_layer(layer: dict[str, torch.Tensor], stats: LayerStats, cfg: QuantizeCo
             s = SQ.smooth_scales(x_am, w_am, alpha)
         if static:  # clipping ratio of the static activation scale, searched on samples
             x = stats.sample[tap]
-            errs = {c: SQ.fake_w8a8_error(x, w, s, c) for c in sq.static_clip_grid}
+            ref = x @ w.T
+            errs = {c: SQ.fake_w8a8_error(x, w, s, c, ref) for c in sq.static_clip_grid}
             clips[tap] = min(errs, key=errs.get)
         scales[g] = s
         info[f"alpha_{g}"] = alpha

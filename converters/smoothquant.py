@@ -88,10 +88,11 @@ def int8_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def fake_w8a8_error(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor,
-                    static_clip: float | None) -> float:
+                    static_clip: float | None, ref: torch.Tensor | None = None) -> float:
     """Output error ||Q(x/s) Q(W*s)^T - x W^T||^2 on sample tokens x [T, K], W [N, K].
     static_clip None = per-token dynamic activations; else one static scale
-    static_clip * max|x/s| / 127 for the whole tensor (as calibrated)."""
+    static_clip * max|x/s| / 127 for the whole tensor (as calibrated).
+    ref: x W^T, when the caller evaluates many scales for the same x and W."""
     xs = x / s
     ws = w * s
     qw, sw = int8_per_channel(ws)
@@ -101,5 +102,6 @@ def fake_w8a8_error(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor,
         sx = (xs.abs().max() * static_clip / 127.0).clamp(min=1e-12)
     qx = torch.clamp(torch.round(xs / sx), -127, 127)
     y = (qx @ qw.float().T) * sx * sw[None, :]
-    ref = x @ w.T
+    if ref is None:
+        ref = x @ w.T
     return float((y - ref).pow(2).sum())

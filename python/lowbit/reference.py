@@ -136,10 +136,13 @@ def atom_reorder_quantize(
     return atom_quantize_activation(h, n_outliers, group_size, clip)
 
 
-def atom_gemm(a: AtomActivation, w: AtomWeight, group_size: int) -> torch.Tensor:
-    """Mixed-precision group GEMM. returns float32 [M, N] (kernels round it to fp16)."""
+def atom_gemm(a: AtomActivation, w: AtomWeight, group_size: int,
+              w_codes: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Mixed-precision group GEMM. returns float32 [M, N] (kernels round it to fp16).
+    w_codes: optionally (unpack_int4(w.w4).float(), w.w8.float()), computed once by a caller
+    that multiplies by the same weight many times."""
     xq = unpack_int4(a.x4).float()
-    wq = unpack_int4(w.w4).float()
+    wq, w8 = w_codes if w_codes is not None else (unpack_int4(w.w4).float(), w.w8.float())
     m, kn = xq.shape
     n = wq.shape[0]
     ng = kn // group_size
@@ -149,7 +152,7 @@ def atom_gemm(a: AtomActivation, w: AtomWeight, group_size: int) -> torch.Tensor
         part = xq[:, sl] @ wq[:, sl].T
         y += (part * (a.xs4[:, g].float()[:, None] * w.ws4[:, g].float()[None, :])).double()
     if a.x8.shape[-1]:
-        part = a.x8.float() @ w.w8.float().T
+        part = a.x8.float() @ w8.T
         y += (part * (a.xs8.float()[:, None] * w.ws8.float()[None, :])).double()
     return y.float()
 
@@ -195,16 +198,19 @@ def rmsnorm_quantize_int8(
 
 
 def w8a8_gemm(
-    xq: torch.Tensor, xs: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor
+    xq: torch.Tensor, xs: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor,
+    wq_float: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """y = xs[m] * ws[n] * (xq @ wq^T). returns float32 [M, N].
 
     The int32 sum is formed exactly: float32 matmuls over chunks of at most 1024 channels
-    (|sum| <= 127*127*1024 < 2**24, exact in float32), the chunks added in float64."""
+    (|sum| <= 127*127*1024 < 2**24, exact in float32), the chunks added in float64.
+    wq_float: optionally wq.float(), computed once by a caller that reuses the weight."""
     k = xq.shape[-1]
+    wf = wq.float() if wq_float is None else wq_float
     acc = torch.zeros(xq.shape[0], wq.shape[0], dtype=torch.float64, device=xq.device)
     for c in range(0, k, 1024):
-        acc += (xq[:, c:c + 1024].float() @ wq[:, c:c + 1024].float().T).double()
+        acc += (xq[:, c:c + 1024].float() @ wf[:, c:c + 1024].T).double()
     return (acc * xs.double().reshape(-1, 1) * ws.double().reshape(1, -1)).float()
 
 

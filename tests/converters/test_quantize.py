@@ -115,8 +115,9 @@ def test_atom_tensors_and_config(hf_dir, tmp_path):
 
 
 def test_calib_stats_reuse_gives_same_checkpoint(hf_dir, tmp_path):
+    # fixed alpha, no GPTQ: the saved statistics are all it needs (no calibration pass)
     cfg = QuantizeConfig(scheme="smoothquant-w8a8", calibration=CAL,
-                         smoothquant=SmoothQuantConfig(alpha=0.6))
+                         smoothquant=SmoothQuantConfig(alpha=0.6, gptq=False))
     quantize_model(open_model(hf_dir), tmp_path / "a", cfg, _windows(), progress=False)
     quantize_model(open_model(hf_dir), tmp_path / "b", cfg, _windows(5), progress=False,
                    calib_stats=tmp_path / "a" / "calib_stats.safetensors")
