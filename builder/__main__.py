@@ -32,23 +32,19 @@ def _add_device(p: argparse.ArgumentParser) -> None:
                    help="compute dtype (default: float32 on cpu, the checkpoint dtype on cuda)")
 
 
-def _alpha(v: str) -> float | str:
-    if v == "auto":
-        return v
-    try:
-        return float(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or 'auto', found {v!r}"
-                                         ) from None
+def _number_or(word: str, value: Any) -> Any:
+    """argparse type: a float, or `word` (which gives `value`)."""
 
+    def parse(v: str) -> Any:
+        if v == word:
+            return value
+        try:
+            return float(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number or {word!r}, found {v!r}"
+                                             ) from None
 
-def _beta(v: str) -> float | None:
-    if v == "none":
-        return None
-    try:
-        return float(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'none', found {v!r}") from None
+    return parse
 
 
 def _add_quant_options(c: argparse.ArgumentParser) -> None:
@@ -65,11 +61,11 @@ def _add_quant_options(c: argparse.ArgumentParser) -> None:
                          ">= 64, else head_size)")
     kv.add_argument("--v-group-size", type=int, default=None, metavar="N",
                     help="int4 KV: V channels per scale/zero group (default head_size)")
-    kv.add_argument("--smooth-k", type=_beta, default=0.5, metavar="BETA|none",
+    kv.add_argument("--smooth-k", type=_number_or("none", None), default=0.5, metavar="BETA|none",
                     help="int4 KV: K smoothing strength folded into q/k rows before RoPE "
                          "(default 0.5; none = off)")
     sq = c.add_argument_group("smoothquant-w8a8")
-    sq.add_argument("--alpha", type=_alpha, default=None, metavar="A|auto",
+    sq.add_argument("--alpha", type=_number_or("auto", "auto"), default=None, metavar="A|auto",
                     help="migration strength in [0, 1], or auto: per-layer grid search "
                          "minimizing the quantized layer-output error (default: per "
                          "architecture, converters/architectures.py)")
@@ -260,7 +256,10 @@ def cmd_run(a: argparse.Namespace) -> int:
         raise UserError(f"--max-new-tokens must be >= 1, found {a.max_new_tokens}")
     if not 0 < a.top_p <= 1:
         raise UserError(f"--top-p must be in (0, 1], found {a.top_p}")
-    tok = read_checkpoint_tokenizer(a.checkpoint)
+    from converters.checkpoint import load_tokenizer, read_config
+
+    read_config(Path(a.checkpoint))
+    tok = load_tokenizer(a.checkpoint)
     model = _load_model(a.checkpoint, a.device, a.compute_dtype)
     ids = prompt_ids(tok, a.prompt, chat=not a.no_chat_template)
     eos = {i for i in (tok.eos_token_id,) if i is not None}
@@ -276,12 +275,6 @@ def cmd_run(a: argparse.Namespace) -> int:
     return 0
 
 
-def read_checkpoint_tokenizer(path: str) -> Any:
-    from converters.checkpoint import Checkpoint, read_config
-
-    return Checkpoint(Path(path), read_config(Path(path)), {}).load_tokenizer()
-
-
 def cmd_eval(a: argparse.Namespace) -> int:
     from builder.evaluate import (
         EvalRow,
@@ -293,7 +286,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         windows,
         with_deltas,
     )
-    from converters.checkpoint import read_config
+    from converters.checkpoint import load_tokenizer, read_config
     from converters.data import dataset_text, evaluation_text, read_text_file
 
     for p in a.checkpoint:
@@ -304,7 +297,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         text, source = dataset_text(a.dataset), a.dataset
     else:
         text, source = evaluation_text(), "pydoc_data.topics (evaluation split)"
-    tok = read_checkpoint_tokenizer(a.checkpoint[0])
+    tok = load_tokenizer(a.checkpoint[0])
     ids = tok(text, add_special_tokens=False).input_ids
     wins = windows(ids, a.seq_len)
     if a.max_windows:

@@ -373,12 +373,18 @@ class Checkpoint:
         return {k[len(pre):]: v for k, v in self.tensors.items() if k.startswith(pre)}
 
     def load_tokenizer(self) -> Any:
-        from transformers import AutoTokenizer
+        return load_tokenizer(self.path)
 
-        if not (self.path / "tokenizer_config.json").is_file():
-            raise UserError(f"checkpoint {self.path} has no tokenizer (tokenizer_config.json); "
-                            f"convert from a model that ships one")
-        return AutoTokenizer.from_pretrained(str(self.path))
+
+def load_tokenizer(path: str | os.PathLike[str]) -> Any:
+    """The tokenizer saved beside a checkpoint (no tensors are read)."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not (path / "tokenizer_config.json").is_file():
+        raise UserError(f"checkpoint {path} has no tokenizer (tokenizer_config.json); "
+                        f"convert from a model that ships one")
+    return AutoTokenizer.from_pretrained(str(path))
 
 
 REQUIRED_CONFIG = ("architecture", "dtype", "vocab_size", "hidden_size", "num_hidden_layers",

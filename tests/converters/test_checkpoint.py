@@ -149,12 +149,10 @@ def test_reader_errors(tmp_path):
 
 
 def test_tokenizer_saved_beside_checkpoint(smollm2_checkpoint):
-    from converters.checkpoint import read_config
+    from converters.checkpoint import load_tokenizer
 
     names = {p.name for p in smollm2_checkpoint.iterdir()}
     assert {"config.json", "rank0.safetensors", "tokenizer.json",
             "tokenizer_config.json"} <= names
-    from converters.checkpoint import Checkpoint
-
-    tok = Checkpoint(smollm2_checkpoint, read_config(smollm2_checkpoint), {}).load_tokenizer()
+    tok = load_tokenizer(smollm2_checkpoint)
     assert tok.decode(tok("Hello world").input_ids) == "Hello world"
