@@ -5,7 +5,7 @@ perm are K-sized and L2-resident, not counted) and compared with torch's copy of
 of half that size (a copy reads and writes each byte: same total traffic). Times: median of
 CUDA-graph replays with inputs rotated beyond L2. ratio = t_kernel / t_copy (target <= 1.5).
 
-Run: PYTHONPATH=python python benchmarks/bench_quantize.py [--out DIR]
+Run: PYTHONPATH=python python benchmarks/bench_quantize.py [--out DIR] [--ms M ...] [--ks K ...]
 """
 
 from __future__ import annotations
@@ -81,8 +81,10 @@ def run(out: Path, ms=MS, ks=KS) -> list[dict]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    p.add_argument("--ms", type=int, nargs="+", default=list(MS), help="token counts M")
+    p.add_argument("--ks", type=int, nargs="+", default=list(KS), help="hidden sizes K")
     args = p.parse_args()
-    print(table(run(args.out)))
+    print(table(run(args.out, tuple(args.ms), tuple(args.ks))))
 
 
 if __name__ == "__main__":

@@ -44,6 +44,16 @@ namespace {
 // on the current one, so DRAM latency overlaps the reductions and the math.
 constexpr int kMaxVec = 4;
 constexpr int kMinThreads = 128, kMaxThreads = 1024;
+// Each kernel is built twice, for at most kSmallThreads threads (K <= 16384, every Llama shape;
+// __launch_bounds__(512) lets ptxas use up to 128 registers, so the row vectors, h and the
+// prefetched perm/gamma stay in registers) and for up to 1024 threads (64 registers: spills).
+#ifndef LOWBIT_QUANT_SMALL_THREADS
+#define LOWBIT_QUANT_SMALL_THREADS 384
+#endif
+#ifndef LOWBIT_QUANT_MIN_BLOCKS
+#define LOWBIT_QUANT_MIN_BLOCKS 2
+#endif
+constexpr int kSmallThreads = LOWBIT_QUANT_SMALL_THREADS;
 
 __device__ __forceinline__ float toF(__half v) { return __half2float(v); }
 __device__ __forceinline__ float toF(__nv_bfloat16 v) { return __bfloat162float(v); }
@@ -118,44 +128,58 @@ __device__ float consumeRow(const uint4 (&v)[kMaxVec], T* sx, int K, bool norm, 
   return rsqrtf(total * (1.f / static_cast<float>(K)) + eps);
 }
 
-// q[e] = clamp(rint(h[e] / s), lo, hi) for a scale s > 0, with IEEE-division semantics, as int.
+// Codes of clamp(rint(h[e] / s), lo, hi) for a scale s > 0, with IEEE-division semantics.
 // Fast path: t = clamp(h * (1/s)); adding 1.5 * 2^23 rounds t to an integer (round half to even,
-// like rint) whose two's complement sits in the low mantissa bits, so packing needs no F2I and
-// no FRND (both quarter-rate). h * (1/s) is within 2 ulp (<= 1.6e-5 for |t| <= 128) of h / s, so
-// the two can round differently only when t is that close to a half-integer: such a chunk is
-// redone with exact division (clamping first is exact because lo and hi are integers).
+// like rint) whose two's complement sits in the low mantissa bits of r, so packing needs no F2I,
+// no FRND (both quarter-rate) and not even the subtraction of the bias: q[e] returns the raw bits
+// of r, whose low byte (0x4B400000 has a zero low byte) is the code's two's complement; the
+// packers below read only those low bits. h * (1/s) is within |h/s| * 2^-22 of the IEEE quotient
+// fl(h / s) (1/s: 1 ulp with rcp.approx, 0.5 ulp with __frcp_rn; + two roundings of 0.5 ulp):
+// <= 1.6e-5 for int8 (|t| <= 128) with __frcp_rn, <= 2.1e-6 for int4 (|t| <= 8.5 matters;
+// beyond it the clamp wins either way) even with the 1-instruction rcp.approx. So the two can
+// round differently only when t is within 4e-5 of a half-integer: such a chunk is redone with
+// exact division (clamping first is exact because lo and hi are integers).
+template <bool kApproxRcp>
 __device__ __forceinline__ void quant8(const float (&h)[8], float s, float lo, float hi,
                                        int (&q)[8]) {
   constexpr float kRound = 12582912.0f;  // 1.5 * 2^23
-  const float inv = __frcp_rn(s);
-  float worst = 1.f;
+  float inv;
+  if (kApproxRcp) {
+    // s is an fp16 value > 0 (>= 2^-24), a normal fp32: ftz changes nothing.
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(inv) : "f"(s));
+  } else {
+    inv = __frcp_rn(s);
+  }
+  float worst = 0.f;  // largest |t - rint(t)| of the chunk, <= 0.5
 #pragma unroll
   for (int e = 0; e < 8; ++e) {
     const float t = fminf(fmaxf(h[e] * inv, lo), hi);
     const float r = t + kRound;
-    q[e] = __float_as_int(r) - 0x4B400000;
-    worst = fminf(worst, fabsf(fabsf(t - (r - kRound)) - 0.5f));
+    q[e] = __float_as_int(r);
+    worst = fmaxf(worst, fabsf(t - (r - kRound)));
   }
-  if (worst < 4e-5f) {
+  if (worst > 0.5f - 4e-5f) {
 #pragma unroll
     for (int e = 0; e < 8; ++e)
-      q[e] = __float_as_int(fminf(fmaxf(__fdiv_rn(h[e], s), lo), hi) + kRound) - 0x4B400000;
+      q[e] = __float_as_int(fminf(fmaxf(__fdiv_rn(h[e], s), lo), hi) + kRound);
   }
 }
 
-// Packs 8 int4 codes (low nibble first) / 8 int8 codes into 32 / 64 bits.
+// Packs 8 int4 codes (low nibble first) / 8 int8 codes into 32 / 64 bits, reading only the low
+// byte of each q (see quant8).
+// byte_perm(a, b, 0x0040): byte0 = a.byte0, byte1 = b.byte0; then 0x5410 joins two halves.
+__device__ __forceinline__ uint32_t bytes4(int a, int b, int c, int d) {
+  return __byte_perm(__byte_perm(a, b, 0x0040), __byte_perm(c, d, 0x0040), 0x5410);
+}
 __device__ __forceinline__ uint32_t pack4x8(const int (&q)[8]) {
-  uint32_t w = 0;
-#pragma unroll
-  for (int e = 0; e < 8; ++e) w |= (static_cast<uint32_t>(q[e]) & 0xFu) << (4 * e);
-  return w;
+  // Byte k of the word holds code 2k in its low and code 2k+1 in its high nibble: gather the
+  // even and the odd codes' low bytes into two words, then merge the nibbles with one LOP3.
+  const uint32_t even = bytes4(q[0], q[2], q[4], q[6]);
+  const uint32_t odd = bytes4(q[1], q[3], q[5], q[7]);
+  return (even & 0x0F0F0F0Fu) | ((odd << 4) & 0xF0F0F0F0u);
 }
 __device__ __forceinline__ uint2 pack8x8(const int (&q)[8]) {
-  // byte_perm(a, b, 0x0040): byte0 = a.byte0, byte1 = b.byte0; then 0x5410 joins two halves.
-  return make_uint2(__byte_perm(__byte_perm(q[0], q[1], 0x0040), __byte_perm(q[2], q[3], 0x0040),
-                                0x5410),
-                    __byte_perm(__byte_perm(q[4], q[5], 0x0040), __byte_perm(q[6], q[7], 0x0040),
-                                0x5410));
+  return make_uint2(bytes4(q[0], q[1], q[2], q[3]), bytes4(q[4], q[5], q[6], q[7]));
 }
 
 __device__ __forceinline__ float amax8(const float (&h)[8]) {
@@ -200,8 +224,9 @@ __device__ __forceinline__ void gatherH(const T* sx, const ChunkAux<T>& a, bool 
   }
 }
 
-template <typename T, int G>
-__global__ void __launch_bounds__(kMaxThreads) atomQuantizeKernel(
+template <typename T, int G, int kMaxT>
+__global__ void __launch_bounds__(kMaxT, kMaxT == kSmallThreads ? LOWBIT_QUANT_MIN_BLOCKS : 1)
+atomQuantizeKernel(
     const T* __restrict__ x, const T* __restrict__ gamma, const int* __restrict__ perm, float eps,
     int M, int K, int Ko, float clip, uint32_t* __restrict__ x4, __half* __restrict__ xs4,
     int8_t* __restrict__ x8, __half* __restrict__ xs8) {
@@ -238,7 +263,7 @@ __global__ void __launch_bounds__(kMaxThreads) atomQuantizeKernel(
       uint32_t word = 0;
       if (s > 0.f) {
         int q[8];
-        quant8(h, s, -8.f, 7.f, q);
+        quant8<true>(h, s, -8.f, 7.f, q);
         word = pack4x8(q);
       }
       x4[(size_t)row * (Kn / 8) + j] = word;
@@ -268,7 +293,7 @@ __global__ void __launch_bounds__(kMaxThreads) atomQuantizeKernel(
         uint2 w = make_uint2(0u, 0u);
         if (s > 0.f) {
           int q[8];
-          quant8(h, s, -127.f, 127.f, q);
+          quant8<false>(h, s, -127.f, 127.f, q);
           w = pack8x8(q);
         }
         *reinterpret_cast<uint2*>(x8 + (size_t)row * Ko + j * 8) = w;
@@ -292,33 +317,36 @@ __device__ __forceinline__ void normH(const uint4& xv, const T* __restrict__ gam
   for (int e = 0; e < 8; ++e) h[e] = __fmul_rn(__fmul_rn(h[e], rstd), gf[e]);
 }
 
-template <typename T>
-__global__ void __launch_bounds__(kMaxThreads) rmsnormQuantizeInt8Kernel(
+template <typename T, int kMaxT>
+__global__ void __launch_bounds__(kMaxT, kMaxT == kSmallThreads ? LOWBIT_QUANT_MIN_BLOCKS : 1)
+rmsnormQuantizeInt8Kernel(
     const T* __restrict__ x, const T* __restrict__ gamma, float eps,
     const float* __restrict__ staticScale, int M, int K, int8_t* __restrict__ q,
     float* __restrict__ xs) {
   __shared__ float scratch[32];
   const int nv = K / 8;
-  uint4 v[kMaxVec], vn[kMaxVec];
+  uint4 v[kMaxVec];
   if ((int)blockIdx.x < M) issueRow<T>(x + (size_t)blockIdx.x * K, K, v);
   for (int row = blockIdx.x; row < M; row += gridDim.x) {
-    if (row + (int)gridDim.x < M) issueRow<T>(x + (size_t)(row + gridDim.x) * K, K, vn);
     const float rstd = consumeRow<T>(v, static_cast<T*>(nullptr), K, true, eps, scratch);
+    // h is computed once and kept in registers (32 floats) for the amax and the quantization;
+    // v is then free and takes the next row's loads, in flight during this row's reduction/math.
+    float h[kMaxVec][8];
+    float a = 0.f;
+#pragma unroll
+    for (int u = 0; u < kMaxVec; ++u) {
+      const int i = threadIdx.x + u * blockDim.x;
+      if (i >= nv) continue;
+      normH<T>(v[u], gamma, i, rstd, h[u]);
+      a = fmaxf(a, amax8(h[u]));
+    }
+    if (row + (int)gridDim.x < M) issueRow<T>(x + (size_t)(row + gridDim.x) * K, K, v);
     float s;
     bool guardZero;
     if (staticScale) {
       s = *staticScale;
       guardZero = false;  // reference: plain clamp(round(h / s)) for the static scale
     } else {
-      float a = 0.f;
-#pragma unroll
-      for (int u = 0; u < kMaxVec; ++u) {
-        const int i = threadIdx.x + u * blockDim.x;
-        if (i >= nv) continue;
-        float h[8];
-        normH<T>(v[u], gamma, i, rstd, h);
-        a = fmaxf(a, amax8(h));
-      }
       a = blockReduce<true>(a, scratch);
       s = __fdiv_rn(a, 127.f);
       guardZero = true;
@@ -328,25 +356,26 @@ __global__ void __launch_bounds__(kMaxThreads) rmsnormQuantizeInt8Kernel(
     for (int u = 0; u < kMaxVec; ++u) {
       const int i = threadIdx.x + u * blockDim.x;
       if (i >= nv) continue;
-      float h[8];
-      normH<T>(v[u], gamma, i, rstd, h);
       uint2 w = make_uint2(0u, 0u);
       if (!(guardZero && !(s > 0.f))) {
         int qv[8];
-        quant8(h, s, -127.f, 127.f, qv);
+        quant8<false>(h[u], s, -127.f, 127.f, qv);
         w = pack8x8(qv);
       }
       *reinterpret_cast<uint2*>(q + (size_t)row * K + i * 8) = w;
     }
-#pragma unroll
-    for (int u = 0; u < kMaxVec; ++u) v[u] = vn[u];
   }
 }
 
-// Up to kMaxVec row vectors per thread, a multiple of 32 threads in [128, 1024].
+// Threads per row: a multiple of 32 in [128, 1024], kVecs row vectors per thread where that stays
+// within the small (register-rich) variant, else up to kMaxVec.
+#ifndef LOWBIT_QUANT_VECS
+#define LOWBIT_QUANT_VECS 4
+#endif
 inline int threadsFor(int K) {
   const int vecs = K / 8;
-  int t = ((vecs + kMaxVec - 1) / kMaxVec + 31) / 32 * 32;
+  int t = ((vecs + LOWBIT_QUANT_VECS - 1) / LOWBIT_QUANT_VECS + 31) / 32 * 32;
+  if (t > kSmallThreads) t = ((vecs + kMaxVec - 1) / kMaxVec + 31) / 32 * 32;
   return t < kMinThreads ? kMinThreads : (t > kMaxThreads ? kMaxThreads : t);
 }
 
@@ -364,20 +393,43 @@ inline int persistentGrid(Kernel kernel, int threads, int smem, int M, int* grid
   return LOWBIT_OK;
 }
 
-template <typename T, int G>
-int launchAtom(const void* x, const void* gamma, const int* perm, float eps, int M, int K, int Ko,
-               float clip, void* x4, void* xs4, void* x8, void* xs8, cudaStream_t stream) {
+template <typename T, int G, int kMaxT>
+int launchAtomT(const void* x, const void* gamma, const int* perm, float eps, int M, int K, int Ko,
+                float clip, void* x4, void* xs4, void* x8, void* xs8, int threads,
+                cudaStream_t stream) {
   const int smem = K * static_cast<int>(sizeof(T));
-  int st = allowDynamicSmem<atomQuantizeKernel<T, G>>(smem);
+  int st = allowDynamicSmem<atomQuantizeKernel<T, G, kMaxT>>(smem);
   if (st != LOWBIT_OK) return st;
-  const int threads = threadsFor(K);
   int grid = 0;
-  st = persistentGrid(atomQuantizeKernel<T, G>, threads, smem, M, &grid);
+  st = persistentGrid(atomQuantizeKernel<T, G, kMaxT>, threads, smem, M, &grid);
   if (st != LOWBIT_OK) return st;
-  atomQuantizeKernel<T, G><<<grid, threads, smem, stream>>>(
+  atomQuantizeKernel<T, G, kMaxT><<<grid, threads, smem, stream>>>(
       static_cast<const T*>(x), static_cast<const T*>(gamma), perm, eps, M, K, Ko, clip,
       static_cast<uint32_t*>(x4), static_cast<__half*>(xs4), static_cast<int8_t*>(x8),
       static_cast<__half*>(xs8));
+  return launchStatus();
+}
+
+template <typename T, int G>
+int launchAtom(const void* x, const void* gamma, const int* perm, float eps, int M, int K, int Ko,
+               float clip, void* x4, void* xs4, void* x8, void* xs8, cudaStream_t stream) {
+  const int threads = threadsFor(K);
+  return threads <= kSmallThreads
+             ? launchAtomT<T, G, kSmallThreads>(x, gamma, perm, eps, M, K, Ko, clip, x4, xs4, x8,
+                                                xs8, threads, stream)
+             : launchAtomT<T, G, kMaxThreads>(x, gamma, perm, eps, M, K, Ko, clip, x4, xs4, x8,
+                                              xs8, threads, stream);
+}
+
+template <typename T, int kMaxT>
+int launchInt8T(const void* x, const void* gamma, float eps, const float* staticScale, int M,
+                int K, void* q, float* xs, int threads, cudaStream_t stream) {
+  int grid = 0;
+  int st = persistentGrid(rmsnormQuantizeInt8Kernel<T, kMaxT>, threads, 0, M, &grid);
+  if (st != LOWBIT_OK) return st;
+  rmsnormQuantizeInt8Kernel<T, kMaxT><<<grid, threads, 0, stream>>>(
+      static_cast<const T*>(x), static_cast<const T*>(gamma), eps, staticScale, M, K,
+      static_cast<int8_t*>(q), xs);
   return launchStatus();
 }
 
@@ -385,13 +437,11 @@ template <typename T>
 int launchInt8(const void* x, const void* gamma, float eps, const float* staticScale, int M, int K,
                void* q, float* xs, cudaStream_t stream) {
   const int threads = threadsFor(K);
-  int grid = 0;
-  int st = persistentGrid(rmsnormQuantizeInt8Kernel<T>, threads, 0, M, &grid);
-  if (st != LOWBIT_OK) return st;
-  rmsnormQuantizeInt8Kernel<T><<<grid, threads, 0, stream>>>(
-      static_cast<const T*>(x), static_cast<const T*>(gamma), eps, staticScale, M, K,
-      static_cast<int8_t*>(q), xs);
-  return launchStatus();
+  return threads <= kSmallThreads
+             ? launchInt8T<T, kSmallThreads>(x, gamma, eps, staticScale, M, K, q, xs, threads,
+                                             stream)
+             : launchInt8T<T, kMaxThreads>(x, gamma, eps, staticScale, M, K, q, xs, threads,
+                                           stream);
 }
 
 // kMaxVec * 8 values per thread x 1024 threads; the Atom kernel also stages the row in shared
