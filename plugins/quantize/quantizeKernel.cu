@@ -312,6 +312,7 @@ __device__ __forceinline__ void normH(const uint4& xv, const T* __restrict__ gam
                                       float rstd, float (&h)[8]) {
   float gf[8];
   toF8<T>(xv, h);
+  if (!gamma) return;  // no RMSNorm: h = x (SmoothQuant dense / proj inputs)
   toF8<T>(reinterpret_cast<const uint4*>(gamma)[i], gf);
 #pragma unroll
   for (int e = 0; e < 8; ++e) h[e] = __fmul_rn(__fmul_rn(h[e], rstd), gf[e]);
@@ -328,7 +329,8 @@ rmsnormQuantizeInt8Kernel(
   uint4 v[kMaxVec];
   if ((int)blockIdx.x < M) issueRow<T>(x + (size_t)blockIdx.x * K, K, v);
   for (int row = blockIdx.x; row < M; row += gridDim.x) {
-    const float rstd = consumeRow<T>(v, static_cast<T*>(nullptr), K, true, eps, scratch);
+    const float rstd = consumeRow<T>(v, static_cast<T*>(nullptr), K, gamma != nullptr, eps,
+                                     scratch);
     // h is computed once and kept in registers (32 floats) for the amax and the quantization;
     // v is then free and takes the next row's loads, in flight during this row's reduction/math.
     float h[kMaxVec][8];
@@ -482,8 +484,8 @@ extern "C" int lowbit_rmsnorm_quantize_int8(const void* x, int dtype, const void
   if (M < 0 || K <= 0 || K > kMaxK) return LOWBIT_ERR_BAD_SHAPE;
   if (K % 8) return LOWBIT_ERR_DIVISIBILITY;
   if (dtype != LOWBIT_DTYPE_FP16 && dtype != LOWBIT_DTYPE_BF16) return LOWBIT_ERR_UNSUPPORTED;
-  if (!x || !gamma || !q || (!static_scale && !xs)) return LOWBIT_ERR_NULL_POINTER;
-  if (!aligned16(x) || !aligned16(gamma) || !aligned16(q)) return LOWBIT_ERR_MISALIGNED;
+  if (!x || !q || (!static_scale && !xs)) return LOWBIT_ERR_NULL_POINTER;
+  if (!aligned16(x) || (gamma && !aligned16(gamma)) || !aligned16(q)) return LOWBIT_ERR_MISALIGNED;
   if (M == 0) return LOWBIT_OK;
   auto s = static_cast<cudaStream_t>(stream);
   return dtype == LOWBIT_DTYPE_FP16

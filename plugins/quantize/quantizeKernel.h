@@ -23,8 +23,9 @@ LOWBIT_API int lowbit_atom_quantize(const void* x, int dtype, const void* gamma,
                                     float eps, int M, int K, int Ko, int group_size, float clip,
                                     void* x4, void* xs4, void* x8, void* xs8, void* stream);
 
-// SmoothQuant: RMSNorm + int8 quantize (lowbit.reference.rmsnorm_quantize_int8).
-//   x fp16/bf16 [M, K]; gamma [K] same dtype; static_scale fp32 [1] device pointer or null
+// SmoothQuant: RMSNorm + int8 quantize (lowbit.reference.rmsnorm_quantize_int8); gamma null:
+// no RMSNorm, h = x (lowbit.reference.quantize_per_token_int8 / quantize_static_int8).
+//   x fp16/bf16 [M, K]; gamma [K] same dtype or null; static_scale fp32 [1] device pointer or null
 //   outputs: q int8 [M, K]; xs fp32 [M] (written only when static_scale is null)
 // Rules: K % 8 == 0; x, gamma, q 16-byte aligned.
 LOWBIT_API int lowbit_rmsnorm_quantize_int8(const void* x, int dtype, const void* gamma, float eps,

@@ -240,12 +240,14 @@ def atom_reorder_quantize(
 
 
 def rmsnorm_quantize_int8(
-    x: torch.Tensor, gamma: torch.Tensor, eps: float, static_scale: torch.Tensor | None = None,
+    x: torch.Tensor, gamma: torch.Tensor | None, eps: float,
+    static_scale: torch.Tensor | None = None,
     *, out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fused RMSNorm + int8 quantize (lowbit.reference.rmsnorm_quantize_int8).
+    """Fused RMSNorm + int8 quantize (lowbit.reference.rmsnorm_quantize_int8); gamma None: no
+    norm (lowbit.reference.quantize_per_token_int8 / quantize_static_int8).
 
-    x fp16/bf16 [M, K] (K % 8 == 0); gamma [K] same dtype; static_scale fp32 [1] or None.
+    x fp16/bf16 [M, K] (K % 8 == 0); gamma [K] same dtype or None; static_scale fp32 [1] or None.
     returns (q int8 [M, K], scale fp32 [M]; or static_scale itself, [1]).
     out: optional (q, xs) to write into (xs ignored, may be None, for a static scale).
     """
@@ -255,7 +257,8 @@ def rmsnorm_quantize_int8(
     _check(x, "x", tuple(_DTYPE_CODE), (m, k))
     if k % 8 or k > 32768:
         raise ValueError(f"K = x.shape[1] must be a multiple of 8 and <= 32768, found {k}")
-    _check(gamma, "gamma", x.dtype, (k,), dev)
+    if gamma is not None:
+        _check(gamma, "gamma", x.dtype, (k,), dev)
     if static_scale is not None:
         _check(static_scale.reshape(-1) if static_scale.dim() == 0 else static_scale,
                "static_scale", torch.float32, (1,), dev)

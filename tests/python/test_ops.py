@@ -292,6 +292,29 @@ def test_rmsnorm_quantize_int8(cuda_lib, m, k, dtype, static) -> None:
         assert rel <= 1e-5, f"per-token scale relative difference {rel:.2e}"
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("m,k,dtype,static", [
+    (1, 4096, torch.float16, False),
+    (33, 576, torch.float16, True),
+    (1000, 11008, torch.bfloat16, False),
+])
+def test_quantize_int8_without_norm(cuda_lib, m, k, dtype, static) -> None:
+    # gamma None: the SmoothQuant dense / proj input quantize (no RMSNorm)
+    g = _gen((m, k, str(dtype), static, "nonorm"))
+    x = _activation(m, k, dtype, g)
+    scale = torch.tensor([0.05], device="cuda") if static else None
+    q_out = torch.full((m, k), 0x55, dtype=torch.int8, device="cuda")
+    s_out = torch.full((m,), float("nan"), device="cuda")
+    q, s = ops.rmsnorm_quantize_int8(x, None, 1e-5, scale, out=(q_out, s_out))
+    if static:
+        rq = reference.quantize_static_int8(x, scale)
+    else:
+        rq, rs = reference.quantize_per_token_int8(x)
+        rel = ((s - rs).abs() / rs.abs()).max().item()
+        assert rel <= 1e-5, f"per-token scale relative difference {rel:.2e}"
+    _check_codes(q, rq, "q", exact=True)  # h = x exactly: nothing to round differently
+
+
 # ---- CUDA graph capture -----------------------------------------------------------------------
 @pytest.mark.gpu
 def test_cuda_graph_capture(cuda_lib) -> None:
