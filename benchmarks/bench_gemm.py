@@ -160,11 +160,72 @@ def run(out: Path, ms=MS, shapes=SHAPES) -> list[dict]:
     return rows
 
 
+SWEEP_W8 = ("large", "wgmma", "wgmma_n128", "wgmma_n64", "wgmma_n32")
+SWEEP_W4 = ("mid", "large", "wgmma", "wgmma_n128")  # W4A4 wgmma_n128 = ping-pong variant
+
+
+def _sweep_shape(m: int, k: int, n: int) -> dict:
+    kn = k - KO
+    r: dict = {"M": m, "K": k, "N": n}
+    x16 = torch.randn(m, k, device="cuda", dtype=torch.float16)
+    ws16 = [torch.randn(k, n, device="cuda", dtype=torch.float16)
+            for _ in range(copies_for(k * n * 2))]
+    r["fp16"] = time_graph([lambda w=w: torch.matmul(x16, w) for w in ws16])
+    del ws16
+    xi = _i8((m, k))
+    wi = [_i8((n, k)).t() for _ in range(copies_for(k * n))]
+    r["int_mm"] = time_graph([lambda w=w: torch._int_mm(xi, w) for w in wi])
+    del wi
+    y = torch.empty(m, n, device="cuda", dtype=torch.float16)
+    xs = torch.rand(m, device="cuda") * 0.01
+    w8s = [(_i8((n, k)), torch.rand(n, device="cuda") * 0.01) for _ in range(copies_for(n * k))]
+    for c in SWEEP_W8:
+        r["w8a8_" + c] = time_graph(
+            [lambda w=w, c=c: ops.w8a8_gemm(xi, xs, *w, out=y, config=c) for w in w8s])
+    del w8s
+    a = (_i8((m, kn // 2), -128, 127), _sc((m, kn // GS)), _i8((m, KO)), _sc((m,)))
+    w4s = [(_i8((n, kn // 2), -128, 127), packing.pack_w4a4_scales(_sc((n, kn // GS))),
+            _i8((n, KO)), _sc((n,))) for _ in range(copies_for(n * kn // 2))]
+    for c in SWEEP_W4:
+        r["w4a4_" + c] = time_graph(
+            [lambda w=w, c=c: ops.w4a4_gemm(*a, *w, GS, out=y, config=c) for w in w4s])
+    del w4s
+    torch.cuda.empty_cache()
+    return r
+
+
+def sweep(ms=(32, 64, 128, 256, 512, 1024, 2048, 4096, 8192), shapes=SHAPES) -> list[dict]:
+    """Every forced prefill configuration side by side (GEMM only; us / TOPS per cell)."""
+    rows = []
+    print(f"{'M':>5} {'K':>5} {'N':>5} | {'fp16':>7} {'int_mm':>7} | w8a8 "
+          + " ".join(f"{c:>10}" for c in SWEEP_W8) + " | w4a4 "
+          + " ".join(f"{c:>10}" for c in SWEEP_W4), flush=True)
+    for k, n in shapes:
+        for m in ms:
+            r = _sweep_shape(m, k, n)
+            rows.append(r)
+            f = 2.0 * m * n * k / 1e12
+            cells = [f"{r[key] * 1e6:6.1f}/{f / r[key]:3.0f}" for key in
+                     [f"w8a8_{c}" for c in SWEEP_W8] + [f"w4a4_{c}" for c in SWEEP_W4]]
+            print(f"{m:>5} {k:>5} {n:>5} | {fmt_us(r['fp16'])} {fmt_us(r['int_mm'])} | w8a8 "
+                  + " ".join(cells[:len(SWEEP_W8)]) + " | w4a4 "
+                  + " ".join(cells[len(SWEEP_W8):]), flush=True)
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     p.add_argument("--quick", action="store_true", help="M in (1, 16, 4096) only")
+    p.add_argument("--sweep", action="store_true",
+                   help="time every forced prefill configuration (us/TOPS per cell), then exit")
+    p.add_argument("--ms", type=str, default="", help="comma-separated M list for --sweep")
     args = p.parse_args()
+    if args.sweep:
+        args.out.mkdir(parents=True, exist_ok=True)
+        rows = sweep(tuple(int(v) for v in args.ms.split(","))) if args.ms else sweep()
+        (args.out / "bench_gemm_sweep.json").write_text(json.dumps(rows, indent=1))
+        return
     rows = run(args.out, ms=(1, 16, 4096) if args.quick else MS)
     print(table(rows))
 

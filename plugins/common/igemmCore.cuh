@@ -419,8 +419,15 @@ using CfgLarge8 = TileConfig<128, 256, 2, 4, 1, 1, 4, 1>;
 
 enum ConfigId {
   kCfgAuto = -1, kCfgDecode = 0, kCfgMid = 1, kCfgLarge = 2, kCfgSkinny = 3,
-  kCfgGemv = 4, kCfgGemvK16 = 5, kCfgGemvK12 = 6  // gemv: K16 or K12 by shape; or forced
+  kCfgGemv = 4, kCfgGemvK16 = 5, kCfgGemvK12 = 6,  // gemv: K16 or K12 by shape; or forced
+  // sm_90a wgmma kernels (wgmmaCore.cuh), compute capability 9.0 only (else UNSUPPORTED):
+  // W8A8 128x256 tile / W4A4 64x256 tile (G = 128, 16-byte aligned ws4t)
+  kCfgWgmma = 7,
+  kCfgWgmmaN128 = 8,  // W8A8 128x128 tile; W4A4: the ping-pong variant (slower, never auto)
+  kCfgWgmmaN64 = 9,   // W8A8 128x64 tile (small M); W4A4: unsupported
+  kCfgWgmmaN32 = 10   // W8A8 128x32 tile (small M); W4A4: unsupported
 };
+
 
 }  // namespace igemm
 }  // namespace lowbit
@@ -446,14 +453,28 @@ inline int multiprocessorCount() {
 
 #include "common/igemmSkinny.cuh"
 #include "common/igemmGemv.cuh"
+#include "common/wgmmaCore.cuh"
 
 namespace lowbit {
 namespace igemm {
+
+// W8A8 wgmma tile width, from the H100 sweep (benchmarks/bench_gemm.py --sweep, NOTES.md log 9):
+// one M-tile streams weights best with 128-wide tiles when N is large (>= 64 CTAs), else 64/32;
+// M <= 512 wants many CTAs (64); from M ~ 1024 the widest tile that still fills 60% of the SMs.
+inline int pickW8a8WgmmaConfig(int M, int N) {
+  if (M <= 128) return N >= 8192 ? kCfgWgmmaN128 : (M <= 64 ? kCfgWgmmaN64 : kCfgWgmmaN32);
+  if (M <= 512) return kCfgWgmmaN64;
+  const long tiles256 = (long)((M + 127) / 128) * ((N + 255) / 256);
+  return tiles256 * 5 >= 3L * multiprocessorCount() ? kCfgWgmma : kCfgWgmmaN128;
+}
 
 // Gemv kernel for M <= 16 (tiled decode for G = 64; gemv falls back to skinny where it does not
 // fit); the 128 x 128 tile once it yields at least two waves; else 64 x 64.
 inline int pickConfig(int M, int N, int mode) {
   if (M <= 16) return mode == kW4A4G64 ? kCfgDecode : kCfgGemv;
+  // wgmma (sm_90a) beats every mma.sync tile for W8A8 from M = 32 and for W4A4 from M ~ 512
+  if (mode != kW4A4G64 && M >= (mode == kW8A8 ? 32 : 512) && wg::wgmmaAvailable())
+    return mode == kW8A8 ? pickW8a8WgmmaConfig(M, N) : kCfgWgmma;
   const long tiles = (long)((M + 127) / 128) * ((N + 127) / 128);
   return tiles >= 2L * multiprocessorCount() ? kCfgLarge : kCfgMid;
 }
@@ -491,6 +512,29 @@ inline int dispatch(const Problem& p, int config, cudaStream_t stream) {
     case kCfgLarge:
       if constexpr (MODE == kW8A8) return launchConfig<CfgLarge8, MODE>(p, stream);
       else return launchConfig<CfgLarge, MODE>(p, stream);
+    case kCfgWgmma:
+    case kCfgWgmmaN128:
+    case kCfgWgmmaN64:
+    case kCfgWgmmaN32:
+      if (!wg::wgmmaAvailable()) return LOWBIT_ERR_UNSUPPORTED;
+      if constexpr (MODE == kW8A8) {
+        switch (config) {
+          case kCfgWgmma: return wg::launchW8a8<256>(p, stream);
+          case kCfgWgmmaN128: return wg::launchW8a8<128>(p, stream);
+          case kCfgWgmmaN64: return wg::launchW8a8<64>(p, stream);
+          default: return wg::launchW8a8<32>(p, stream);
+        }
+      } else if constexpr (MODE == kW4A4G128) {
+        if (config == kCfgWgmmaN64 || config == kCfgWgmmaN32) return LOWBIT_ERR_UNSUPPORTED;
+        if (!wg::w4a4Fits(p, 128)) {
+          if (!autoPick) return LOWBIT_ERR_UNSUPPORTED;
+          return launchConfig<CfgLarge, MODE>(p, stream);
+        }
+        return config == kCfgWgmma ? wg::launchW4a4<128>(p, stream)
+                                   : wg::launchW4a4PingPong(p, stream);
+      } else {
+        return LOWBIT_ERR_UNSUPPORTED;  // G = 64 has no wgmma kernel
+      }
     default: return LOWBIT_ERR_UNSUPPORTED;
   }
 }

@@ -12,7 +12,9 @@ extern "C" {
 //   wq int8 [N, K]; ws fp32 [N]; y fp16 [M, N]
 // Rules: M >= 0; N >= 8, N % 8 == 0; K > 0, K % 16 == 0; xq/wq 16-byte aligned, y 4-byte
 //        aligned; contiguous row-major. config: -1 auto, 0 decode, 1 mid, 2 large (128x256),
-//        3 skinny (M <= 16).
+//        3 skinny (M <= 16), 4/5/6 gemv (M <= 16); sm_90a TMA + wgmma kernels (compute
+//        capability 9.0 only, else LOWBIT_ERR_UNSUPPORTED): 7 128x256, 8 128x128, 9 128x64,
+//        10 128x32 tiles (auto for M >= 32 on Hopper, the tile by M and N).
 LOWBIT_API int lowbit_w8a8_gemm(const void* xq, const void* xs, int xs_per_token, const void* wq,
                                 const void* ws, void* y, int M, int N, int K, int config,
                                 void* stream);

@@ -20,7 +20,8 @@ from lowbit.reference import AtomActivation
 _DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1}  # plugins/quantize/quantizeKernel.h
 # kernel choice of the GEMM launchers (plugins/common/igemmCore.cuh, ConfigId)
 CONFIGS = {"auto": -1, "decode": 0, "mid": 1, "large": 2, "skinny": 3,
-           "gemv": 4, "gemv_k16": 5, "gemv_k12": 6}
+           "gemv": 4, "gemv_k16": 5, "gemv_k12": 6, "wgmma": 7, "wgmma_n128": 8,
+           "wgmma_n64": 9, "wgmma_n32": 10}
 
 
 def _check(t: torch.Tensor, name: str, dtype: torch.dtype | tuple, shape: tuple,

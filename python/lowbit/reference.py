@@ -57,6 +57,13 @@ class AtomWeight(NamedTuple):
     ws8: torch.Tensor  # fp16 [N]
 
 
+def _div(a: torch.Tensor, b: float) -> torch.Tensor:
+    """a / b correctly rounded (IEEE), as the kernels' __fdiv_rn. torch computes a CUDA tensor
+    divided by a Python scalar as a * (1/b), which can be 1 ulp off (72/127 is); dividing by a
+    tensor is IEEE division on every device."""
+    return a / torch.full_like(a, float(b))
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """h = x * rsqrt(mean(x^2) + eps) * weight, all in float32. x [M, K], weight [K] -> f32."""
     x = x.float()
@@ -85,7 +92,7 @@ def quantize_symmetric(
         raise ValueError(f"group size {g} does not divide the last dimension {k}")
     hg = h.float().reshape(r, k // g, g)
     amax = hg.abs().amax(-1)
-    scale = (amax * clip / qmax).to(scale_dtype)
+    scale = _div(amax * clip, qmax).to(scale_dtype)
     s = scale.float().unsqueeze(-1)
     safe = torch.where(s > 0, s, torch.ones_like(s))
     qmin = -qmax - 1 if qmax == INT4_MAX else -qmax
@@ -232,7 +239,7 @@ def kv_quantize_int4(x: torch.Tensor, group_size: int
         raise ValueError(f"KV group size {group_size} does not divide head_size {d}")
     xg = x.float().reshape(*x.shape[:-1], d // group_size, group_size)
     mn, mx = xg.amin(-1), xg.amax(-1)
-    scale = ((mx - mn) / 15).to(torch.float16)
+    scale = _div(mx - mn, 15).to(torch.float16)
     zero = mn.to(torch.float16)
     s = scale.float()[..., None]
     z = zero.float()[..., None]

@@ -99,12 +99,34 @@ W4A4_CASES = [
     (2, 4112, 1032, 16, 128, "gemv_k12"),
     (1, 4096, 4104, 128, 128, "gemv_k12"),
     (2, 576, 8, 64, 128, "auto"),  # N < 16: gemv does not fit, auto falls back to skinny
+    # sm_90a wgmma kernel (64x256 tiles; skipped on other GPUs): ragged M, N not a multiple of
+    # 256, outlier counts 0 / 16 / 48 / 192 / 256, SmolLM2 shapes
+    (17, 4096, 4096, 128, 128, "wgmma"),
+    (1000, 4096, 11008, 128, 128, "wgmma"),
+    (4097, 4096, 4096, 128, 128, "wgmma"),
+    (100, 11008, 4096, 128, 128, "wgmma"),
+    (100, 576, 1536, 192, 128, "wgmma"),
+    (255, 1536, 576, 128, 128, "wgmma"),
+    (33, 4096, 4096, 0, 128, "wgmma"),
+    (100, 4112, 4096, 16, 128, "wgmma"),
+    (300, 2096, 1032, 48, 128, "wgmma"),
+    (64, 1280, 1024, 256, 128, "wgmma"),
+    (1, 4096, 1032, 128, 128, "wgmma"),
+    (1000, 4096, 11008, 128, 128, "wgmma_n128"),  # the ping-pong variant
+    (300, 2096, 1032, 48, 128, "wgmma_n128"),
+    (33, 4096, 4096, 0, 128, "wgmma_n128"),
 ]
+
+
+def _skip_unless_hopper(config: str) -> None:
+    if config.startswith("wgmma") and torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("wgmma configurations need a compute capability 9.0 GPU")
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("m,k,n,ko,gs,config", W4A4_CASES)
 def test_w4a4_gemm(cuda_lib, m, k, n, ko, gs, config) -> None:
+    _skip_unless_hopper(config)
     g = _gen((m, k, n, ko, gs, config))
     kn = k - ko
     a = AtomActivation(_rand_i8((m, kn // 2), -128, 127, g), _rand_scale((m, kn // gs), g),
@@ -144,12 +166,29 @@ W8A8_CASES = [  # (M, K, N, static x scale, config)
     (16, 4096, 1032, False, "gemv_k12"),
     (3, 1040, 4104, False, "gemv_k12"),
     (5, 1040, 8, False, "auto"),  # N < 16: falls back to skinny
+    # sm_90a wgmma kernels (128x256 / 128x128 tiles; skipped on other GPUs)
+    (17, 4096, 4096, False, "wgmma"),
+    (1000, 4096, 11008, False, "wgmma"),
+    (4097, 4096, 4096, True, "wgmma"),
+    (255, 576, 1536, False, "wgmma"),
+    (64, 4112, 1032, False, "wgmma"),
+    (1, 1040, 1032, False, "wgmma"),
+    (17, 1536, 576, True, "wgmma_n128"),
+    (1000, 1040, 1032, False, "wgmma_n128"),
+    (130, 11008, 4096, False, "wgmma_n128"),
+    (4097, 4096, 11008, False, "wgmma_n128"),
+    (33, 11008, 4096, False, "wgmma_n64"),
+    (200, 1040, 1032, True, "wgmma_n64"),
+    (64, 4096, 4096, False, "wgmma_n32"),
+    (17, 576, 1536, False, "wgmma_n32"),
+    (1000, 1040, 1032, False, "wgmma_n32"),
 ]
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("m,k,n,static,config", W8A8_CASES)
 def test_w8a8_gemm(cuda_lib, m, k, n, static, config) -> None:
+    _skip_unless_hopper(config)
     g = _gen((m, k, n, static, config))
     xq = _rand_i8((m, k), -127, 127, g)
     wq = _rand_i8((n, k), -127, 127, g)

@@ -1,0 +1,575 @@
+// Hopper (sm_90a) int8 GEMMs on wgmma for prefill shapes: W8A8 (SmoothQuant) and W4A4 (Atom).
+// Included by igemmCore.cuh, whose dispatch() picks these on compute capability 9.0 devices
+// when the library holds sm_90a code (wgmmaAvailable); everywhere else the mma.sync path runs.
+//
+// Both kernels are persistent and warp-specialized, 384 threads per CTA, one CTA per SM:
+//   warpgroup 0 = producer: one thread issues TMA tile loads (cp.async.bulk.tensor.2d, built on
+//                 the host with cuTensorMapEncodeTiled fetched through the runtime's driver
+//                 entry point: no -lcuda) into a STAGES-deep ring of shared-memory stages,
+//                 full/empty mbarrier pairs per stage; setmaxnreg.dec to 40 registers.
+//   warpgroups 1, 2 = consumers (setmaxnreg.inc to 232): wgmma.mma_async s32.s8.s8 from shared-
+//                 memory descriptors (and, W4A4, A from registers), epilogue straight from the
+//                 accumulator registers to global memory (fp16 pairs).
+// Tiles are visited in groups of kGroupM M-tiles (all N-tiles of a group before the next group),
+// CTA b takes tiles b, b + grid, ...; the producer runs ahead into the next tile while the
+// consumers store the previous one. TMA zero-fills rows past M / N and K past the end, so ragged
+// shapes need no special cases (stores are guarded).
+//
+// W8A8 (w8a8WgmmaKernel<BN>), y[M, N] fp16 = xs[m] * ws[n] * sum_k x[m, k] w[n, k]:
+//   x int8 [M, K] row-major, w int8 [N, K] row-major (K % 16 == 0), xs fp32 [M] or [1] (static),
+//   ws fp32 [N]. Tile 128 x BN (BN = 256 or 128), K step 128 bytes per stage, 128B swizzle;
+//   consumer c computes rows 64c..64c+63 of the tile: 4 x m64nBNk32 per stage, int32 accumulators
+//   (BN / 2 registers), scaled once in the epilogue (float(sum) * xs * ws, like igemm kDirect).
+//
+// W4A4 (w4a4WgmmaKernel), Atom with G = 128:
+//   y = sum_g xs4[m,g] ws4t[g,n] * sum_{k in g} x4 w4  +  xs8[m] ws8[n] * sum_k x8 w8
+//   x4 int8 [M, Kn/2] packed int4 (low nibble first), w4 int8 [N, Kn/2], xs4 fp16 [M, Kn/128],
+//   ws4t fp16 [Kn/128, N] (transposed), x8 int8 [M, Ko], w8 int8 [N, Ko], xs8/ws8 fp16.
+//   Tile 64 x 256; the pipeline unit is a "slice" of 64 bytes of K per row (one int4 group of
+//   128 values, or 64 int8 outlier values), 64B swizzle; an int4 stage also carries the 256 ws4t
+//   values of its group. Consumer c owns columns 128c..128c+127 of the tile (all 64 rows), so the
+//   two consumer warpgroups never wait for each other (only the stage release counts both):
+//     * B (weights): its 128 rows x 64 B of int4 are widened by the warpgroup's 128 threads (one
+//       row each) into int8 lanes holding 16 x value, in a private double-buffered 128B-swizzled
+//       buffer [128 rows][128 B], fence.proxy.async + a 128-thread named barrier;
+//     * A (activations): ldmatrix of the packed rows, widened in registers = the wgmma A fragment.
+//     The K order inside each k32 step is permuted identically for A and B (even nibbles of the
+//     4 words of a 16-byte chunk first, then odd ones; see widenRow), which leaves the sum intact.
+//     Products are 256 x the int4 products; the group sum |s| <= 256*8*8*128 = 2^21 < 2^22, so
+//     accumulators start at the fp32 bits of 1.5*2^23 (igemm::kMagic) and one FADD recovers s
+//     (igemmCore.cuh). Per group: wgmma(g) is issued, then B(g+1)/A(g+1) are widened while it
+//     runs, then wait and fold accF += (acc - magic) * (xs4/256 * ws4t) (fp32, the product of two
+//     fp16 is exact) and reset acc to magic. The int8 outlier slices then run as plain SS wgmma
+//     into the same integer accumulators, scaled once by xs8 * ws8 at the end.
+#pragma once
+
+#include "common/wgmmaOps.cuh"
+
+namespace lowbit {
+namespace wg {
+
+constexpr int kThreads = 384;  // warpgroup 0 producer, 1..2 consumers
+constexpr int kGroupM = 8;     // tile raster: M-tiles per group
+
+__device__ __forceinline__ void tileCoords(int tile, int tilesM, int tilesN, int& mt, int& nt) {
+  const int perGroup = kGroupM * tilesN;
+  const int grp = tile / perGroup, first = grp * kGroupM;
+  const int gsz = min(tilesM - first, kGroupM);
+  const int r = tile - grp * perGroup;
+  mt = first + r % gsz;
+  nt = r / gsz;
+}
+
+__device__ __forceinline__ uint8_t* align1024(uint8_t* p) {
+  return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(p) + 1023) & ~uintptr_t(1023));
+}
+
+// ================================ W8A8 ========================================================
+struct W8Args {
+  const void* xs;   // fp32 [M] (xsStride 1) or [1] (xsStride 0)
+  const float* ws;  // fp32 [N]
+  __half* y;        // fp16 [M, N]
+  int M, N, kBlocks, xsStride, tilesM, tilesN;
+};
+
+// Explicit tile configurations: 128 x BN output tile, 128 bytes of K per stage.
+//   BN = 256: 48 KiB stages x 4 = 192 KiB (m64n256k32, 128 accumulator registers per thread)
+//   BN = 128: 32 KiB stages x 6 = 192 KiB (m64n128k32, 64 registers; twice the tiles)
+//   BN = 64 / 32: small M (one M-tile): more CTAs streaming weights; 24 / 20 KiB stages x 8
+template <int BN>
+struct W8Cfg {
+  static constexpr int BM = 128, BK = 128;
+  static constexpr int STAGES = BN == 256 ? 4 : BN == 128 ? 6 : 8;
+  static constexpr int kABytes = BM * BK, kBBytes = BN * BK;
+  static constexpr int kStageBytes = kABytes + kBBytes;
+  static constexpr int kSmemBytes = STAGES * kStageBytes + 1024 + 256;  // + alignment, barriers
+};
+
+template <int BN>
+__device__ __forceinline__ void wgmmaSSN(int (&d)[BN / 2], uint64_t da, uint64_t db, int sc) {
+  if constexpr (BN == 256) wgmmaSS256(d, da, db, sc);
+  else if constexpr (BN == 128) wgmmaSS128(d, da, db, sc);
+  else if constexpr (BN == 64) wgmmaSS64(d, da, db, sc);
+  else wgmmaSS32(d, da, db, sc);
+}
+
+template <int BN>
+__global__ void __launch_bounds__(kThreads, 1)
+    w8a8WgmmaKernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmB,
+                    const W8Args p) {
+#if defined(LOWBIT_WGMMA_OK)
+  using C = W8Cfg<BN>;
+  extern __shared__ uint8_t smemRaw[];
+  uint8_t* smem = align1024(smemRaw);
+  const uint32_t sbase = smem32(smem);
+  const uint32_t fullBar = sbase + C::STAGES * C::kStageBytes;
+  const uint32_t emptyBar = fullBar + 8 * C::STAGES;
+  const int wgi = threadIdx.x / 128;
+  const int tiles = p.tilesM * p.tilesN;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < C::STAGES; ++s) {
+      mbarInit(fullBar + 8 * s, 1);
+      mbarInit(emptyBar + 8 * s, 2);  // one arrival per consumer warpgroup
+    }
+    fenceBarrierInit();
+  }
+  __syncthreads();
+
+  if (wgi == 0) {  // ---------------- producer ----------------
+    setMaxRegsDec<40>();
+    if (threadIdx.x == 0) {
+      tmaPrefetchDesc(&tmA);
+      tmaPrefetchDesc(&tmB);
+      int stage = 0;
+      uint32_t phase = 0;
+      for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        int mt, nt;
+        tileCoords(tile, p.tilesM, p.tilesN, mt, nt);
+        for (int kb = 0; kb < p.kBlocks; ++kb) {
+          mbarWait(emptyBar + 8 * stage, phase ^ 1);
+          const uint32_t fb = fullBar + 8 * stage;
+          mbarExpectTx(fb, C::kStageBytes);
+          const uint32_t sA = sbase + stage * C::kStageBytes;
+          tmaLoad2d(sA, &tmA, kb * C::BK, mt * C::BM, fb);
+          tmaLoad2d(sA + C::kABytes, &tmB, kb * C::BK, nt * BN, fb);
+          if (++stage == C::STAGES) { stage = 0; phase ^= 1; }
+        }
+      }
+    }
+  } else {  // ---------------- consumers ----------------
+    setMaxRegsInc<232>();
+    const int cw = wgi - 1, tid = threadIdx.x & 127;
+    const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    int stage = 0;
+    uint32_t phase = 0;
+    int acc[BN / 2];
+    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+      int mt, nt;
+      tileCoords(tile, p.tilesM, p.tilesN, mt, nt);
+#pragma unroll
+      for (int i = 0; i < BN / 2; ++i) acc[i] = 0;
+      int prev = 0;
+      for (int kb = 0; kb < p.kBlocks; ++kb) {
+        mbarWait(fullBar + 8 * stage, phase);
+        const uint32_t sA = sbase + stage * C::kStageBytes + cw * 64 * C::BK;
+        const uint32_t sB = sbase + stage * C::kStageBytes + C::kABytes;
+        const uint64_t da = makeDesc(sA, kSw128, 1024), db = makeDesc(sB, kSw128, 1024);
+        wgFence();
+#pragma unroll
+        for (int kk = 0; kk < C::BK / 32; ++kk) wgmmaSSN<BN>(acc, da + 2 * kk, db + 2 * kk, 1);
+        wgCommit();
+        wgWait<1>();  // the previous stage's wgmmas are done: release it
+        fenceRegs(acc);
+        if (kb > 0 && tid == 0) mbarArrive(emptyBar + 8 * prev);
+        prev = stage;
+        if (++stage == C::STAGES) { stage = 0; phase ^= 1; }
+      }
+      wgWait<0>();
+      fenceRegs(acc);
+      if (tid == 0) mbarArrive(emptyBar + 8 * prev);
+
+      // epilogue: float(sum) * xs * ws -> fp16 pairs (N % 8 == 0: a pair is in or out)
+      const int r0 = mt * C::BM + cw * 64 + warp * 16 + g, r1 = r0 + 8;
+      const float* xsp = static_cast<const float*>(p.xs);
+      const float xs0 = xsp[min(r0, p.M - 1) * p.xsStride];
+      const float xs1 = xsp[min(r1, p.M - 1) * p.xsStride];
+#pragma unroll
+      for (int j = 0; j < BN / 8; ++j) {
+        const int col = nt * BN + j * 8 + 2 * t;
+        if (col < p.N) {
+          const float w0 = __ldg(p.ws + col), w1 = __ldg(p.ws + col + 1);
+          if (r0 < p.M)
+            *reinterpret_cast<__half2*>(p.y + (size_t)r0 * p.N + col) =
+                __floats2half2_rn(static_cast<float>(acc[4 * j]) * xs0 * w0,
+                                  static_cast<float>(acc[4 * j + 1]) * xs0 * w1);
+          if (r1 < p.M)
+            *reinterpret_cast<__half2*>(p.y + (size_t)r1 * p.N + col) =
+                __floats2half2_rn(static_cast<float>(acc[4 * j + 2]) * xs1 * w0,
+                                  static_cast<float>(acc[4 * j + 3]) * xs1 * w1);
+        }
+      }
+    }
+  }
+#endif
+}
+
+// ================================ W4A4 ========================================================
+struct W4Args {
+  const __half* xs4;  // [M, ng]
+  const __half* xs8;  // [M] (unused when slices8 == 0)
+  const __half* ws8;  // [N]
+  __half* y;          // [M, N]
+  int M, N, ng, slices4, slices8, tilesM, tilesN;
+};
+
+// Explicit tile configuration: 64 x 256 output tile, 64-byte K slices, 6 stages of
+// A 64 x 64 B + B 256 x 64 B + ws 256 x fp16 (21 KiB, 1024-aligned) = 126 KiB, plus per consumer
+// warpgroup two widened-B buffers of 128 rows x 128 B (64 KiB): 191 KiB.
+struct W4Cfg {
+  static constexpr int BM = 64, BN = 256, STAGES = 6;
+  static constexpr int kABytes = BM * 64, kBBytes = BN * 64, kWsBytes = BN * 2;
+  static constexpr int kStageBytes = 21 * 1024;
+  static constexpr int kWbufBytes = 128 * 128;
+  static constexpr int kSmemBytes = STAGES * kStageBytes + 4 * kWbufBytes + 1024 + 256;
+  static_assert(kABytes + kBBytes + kWsBytes <= kStageBytes, "stage overflow");
+};
+
+// Widens one row of a packed int4 slice (64 B, 64B-swizzled, row r) into 128 int8 bytes of a
+// 128B-swizzled row: k32 step s takes chunk s's words w0..w3 -> [lo(w0..w3) | hi(w0..w3)].
+__device__ __forceinline__ void widenRow(const uint8_t* src, int r, uint8_t* dst) {
+#pragma unroll
+  for (int s = 0; s < 4; ++s) {
+    const uint4 w = *reinterpret_cast<const uint4*>(src + r * 64 + ((s ^ ((r >> 1) & 3)) << 4));
+    uint4 lo, hi;
+    lo.x = (w.x << 4) & 0xF0F0F0F0u; hi.x = w.x & 0xF0F0F0F0u;
+    lo.y = (w.y << 4) & 0xF0F0F0F0u; hi.y = w.y & 0xF0F0F0F0u;
+    lo.z = (w.z << 4) & 0xF0F0F0F0u; hi.z = w.z & 0xF0F0F0F0u;
+    lo.w = (w.w << 4) & 0xF0F0F0F0u; hi.w = w.w & 0xF0F0F0F0u;
+    *reinterpret_cast<uint4*>(dst + r * 128 + (((2 * s) ^ (r & 7)) << 4)) = lo;
+    *reinterpret_cast<uint4*>(dst + r * 128 + (((2 * s + 1) ^ (r & 7)) << 4)) = hi;
+  }
+}
+
+// A fragments of the 4 k32 steps of one packed int4 slice (64B-swizzled [64][64 B]) for warp
+// `warp` (rows 16 warp .. + 15): a[s] = {lo(row g), lo(row g+8), hi(row g), hi(row g+8)} of
+// word t of chunk s, matching widenRow's K order.
+__device__ __forceinline__ void loadA4(const uint8_t* sA, int warp, int lane, uint32_t (&a)[4][4]) {
+#pragma unroll
+  for (int kc = 0; kc < 2; ++kc) {
+    const int r = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+    const int c = kc * 2 + (lane >> 4);
+    uint32_t f[4];
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(f[0]), "=r"(f[1]), "=r"(f[2]), "=r"(f[3])
+                 : "r"(smem32(sA + r * 64 + ((c ^ ((r >> 1) & 3)) << 4))));
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      uint32_t* d = a[kc * 2 + h];
+      d[0] = (f[2 * h] << 4) & 0xF0F0F0F0u;
+      d[2] = f[2 * h] & 0xF0F0F0F0u;
+      d[1] = (f[2 * h + 1] << 4) & 0xF0F0F0F0u;
+      d[3] = f[2 * h + 1] & 0xF0F0F0F0u;
+    }
+  }
+}
+
+template <int G>  // group size; only 128 is instantiated
+__global__ void __launch_bounds__(kThreads, 1)
+    w4a4WgmmaKernel(const __grid_constant__ CUtensorMap tmX4, const __grid_constant__ CUtensorMap tmW4,
+                    const __grid_constant__ CUtensorMap tmWs, const __grid_constant__ CUtensorMap tmX8,
+                    const __grid_constant__ CUtensorMap tmW8, const W4Args p) {
+#if defined(LOWBIT_WGMMA_OK)
+  using C = W4Cfg;
+  constexpr int kMagic = 0x4B400000;     // fp32 bits of 1.5 * 2^23 (igemmCore.cuh)
+  constexpr float kMagicF = 12582912.0f;
+  extern __shared__ uint8_t smemRaw[];
+  uint8_t* smem = align1024(smemRaw);
+  uint8_t* wbufBase = smem + C::STAGES * C::kStageBytes;
+  const uint32_t sbase = smem32(smem);
+  const uint32_t fullBar = sbase + C::STAGES * C::kStageBytes + 4 * C::kWbufBytes;
+  const uint32_t emptyBar = fullBar + 8 * C::STAGES;
+  const int wgi = threadIdx.x / 128;
+  const int tiles = p.tilesM * p.tilesN;
+  const int S = p.slices4 + p.slices8;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < C::STAGES; ++s) {
+      mbarInit(fullBar + 8 * s, 1);
+      mbarInit(emptyBar + 8 * s, 2);
+    }
+    fenceBarrierInit();
+  }
+  __syncthreads();
+
+  if (wgi == 0) {  // ---------------- producer ----------------
+    setMaxRegsDec<40>();
+    if (threadIdx.x == 0) {
+      tmaPrefetchDesc(&tmX4);
+      tmaPrefetchDesc(&tmW4);
+      tmaPrefetchDesc(&tmWs);
+      int stage = 0;
+      uint32_t phase = 0;
+      for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        int mt, nt;
+        tileCoords(tile, p.tilesM, p.tilesN, mt, nt);
+        for (int i = 0; i < S; ++i) {
+          mbarWait(emptyBar + 8 * stage, phase ^ 1);
+          const uint32_t fb = fullBar + 8 * stage;
+          const uint32_t sA = sbase + stage * C::kStageBytes;
+          if (i < p.slices4) {
+            mbarExpectTx(fb, C::kABytes + C::kBBytes + C::kWsBytes);
+            tmaLoad2d(sA, &tmX4, i * 64, mt * C::BM, fb);
+            tmaLoad2d(sA + C::kABytes, &tmW4, i * 64, nt * C::BN, fb);
+            tmaLoad2d(sA + C::kABytes + C::kBBytes, &tmWs, nt * C::BN, i, fb);
+          } else {
+            const int j = i - p.slices4;
+            mbarExpectTx(fb, C::kABytes + C::kBBytes);
+            tmaLoad2d(sA, &tmX8, j * 64, mt * C::BM, fb);
+            tmaLoad2d(sA + C::kABytes, &tmW8, j * 64, nt * C::BN, fb);
+          }
+          if (++stage == C::STAGES) { stage = 0; phase ^= 1; }
+        }
+      }
+    }
+  } else {  // ---------------- consumers ----------------
+    setMaxRegsInc<232>();
+    const int cw = wgi - 1, tid = threadIdx.x & 127;
+    const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    uint8_t* wbuf = wbufBase + cw * 2 * C::kWbufBytes;  // this warpgroup's two buffers
+    int stage = 0;
+    uint32_t phase = 0;
+    int accI[64];
+    float accF[64];
+    uint32_t aCur[4][4], aNext[4][4];
+    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+      int mt, nt;
+      tileCoords(tile, p.tilesM, p.tilesN, mt, nt);
+      const int r0 = mt * C::BM + warp * 16 + g, r1 = r0 + 8;
+      const int r0c = min(r0, p.M - 1), r1c = min(r1, p.M - 1);
+#pragma unroll
+      for (int i = 0; i < 64; ++i) {
+        accI[i] = kMagic;
+        accF[i] = 0.f;
+      }
+      // prologue: slice 0 (the first slice is int4: slices4 >= 1)
+      mbarWait(fullBar + 8 * stage, phase);
+      {
+        const uint8_t* st = smem + stage * C::kStageBytes;
+        widenRow(st + C::kABytes + cw * 128 * 64, tid, wbuf);
+        loadA4(st, warp, lane, aCur);
+        fenceProxyAsync();
+      }
+      namedBarrier(1 + cw, 128);
+      int wb = 0;
+      for (int i = 0; i < S; ++i) {
+        const int cur = stage;
+        const uint32_t stA = sbase + cur * C::kStageBytes;
+        const bool int4 = i < p.slices4;
+        wgFence();
+        if (int4) {
+          const uint64_t db = makeDesc(smem32(wbuf + wb * C::kWbufBytes), kSw128, 1024);
+#pragma unroll
+          for (int s = 0; s < 4; ++s) wgmmaRS128(accI, aCur[s], db + 2 * s, 1);
+        } else {
+          const uint64_t da = makeDesc(stA, kSw64, 512);
+          const uint64_t db = makeDesc(stA + C::kABytes + cw * 128 * 64, kSw64, 512);
+#pragma unroll
+          for (int s = 0; s < 2; ++s) wgmmaSS128(accI, da + 2 * s, db + 2 * s, 1);
+        }
+        wgCommit();
+        float xa = 0.f, xb = 0.f;
+        if (int4) {
+          xa = __half2float(p.xs4[(size_t)r0c * p.ng + i]) * (1.f / 256.f);
+          xb = __half2float(p.xs4[(size_t)r1c * p.ng + i]) * (1.f / 256.f);
+        }
+        // prepare slice i + 1 while the tensor cores work on slice i
+        if (++stage == C::STAGES) { stage = 0; phase ^= 1; }
+        if (i + 1 < S) {
+          mbarWait(fullBar + 8 * stage, phase);
+          if (i + 1 < p.slices4) {
+            const uint8_t* st = smem + stage * C::kStageBytes;
+            widenRow(st + C::kABytes + cw * 128 * 64, tid, wbuf + (wb ^ 1) * C::kWbufBytes);
+            loadA4(st, warp, lane, aNext);
+            fenceProxyAsync();
+          }
+        }
+        wgWait<0>();
+        fenceRegs(accI);
+#pragma unroll
+        for (int s = 0; s < 4; ++s)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(aCur[s][e])::"memory");
+        if (int4) {
+          const __half2* wsS = reinterpret_cast<const __half2*>(smem + cur * C::kStageBytes +
+                                                                 C::kABytes + C::kBBytes);
+#pragma unroll
+          for (int j = 0; j < 16; ++j) {
+            const float2 w = __half22float2(wsS[cw * 64 + j * 4 + t]);
+            const float s00 = xa * w.x, s01 = xa * w.y, s10 = xb * w.x, s11 = xb * w.y;
+            accF[4 * j + 0] = fmaf(__int_as_float(accI[4 * j + 0]) - kMagicF, s00, accF[4 * j + 0]);
+            accF[4 * j + 1] = fmaf(__int_as_float(accI[4 * j + 1]) - kMagicF, s01, accF[4 * j + 1]);
+            accF[4 * j + 2] = fmaf(__int_as_float(accI[4 * j + 2]) - kMagicF, s10, accF[4 * j + 2]);
+            accF[4 * j + 3] = fmaf(__int_as_float(accI[4 * j + 3]) - kMagicF, s11, accF[4 * j + 3]);
+            accI[4 * j + 0] = kMagic;
+            accI[4 * j + 1] = kMagic;
+            accI[4 * j + 2] = kMagic;
+            accI[4 * j + 3] = kMagic;
+          }
+        }
+        namedBarrier(1 + cw, 128);  // this warpgroup is done with stage `cur` and buffer wb
+        if (tid == 0) mbarArrive(emptyBar + 8 * cur);
+#pragma unroll
+        for (int s = 0; s < 4; ++s)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) aCur[s][e] = aNext[s][e];
+        wb ^= 1;
+      }
+
+      // outliers: one scale for the whole int8 sum (exact int32 -> fp32 conversion)
+      const int colBase = nt * C::BN + cw * 128 + 2 * t;
+      if (p.slices8 > 0) {
+        const float x0 = __half2float(p.xs8[r0c]), x1 = __half2float(p.xs8[r1c]);
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+          const int col = min(colBase + j * 8, p.N - 2);
+          const float w0 = __half2float(p.ws8[col]), w1 = __half2float(p.ws8[col + 1]);
+          accF[4 * j + 0] = fmaf(static_cast<float>(accI[4 * j + 0] - kMagic), x0 * w0, accF[4 * j + 0]);
+          accF[4 * j + 1] = fmaf(static_cast<float>(accI[4 * j + 1] - kMagic), x0 * w1, accF[4 * j + 1]);
+          accF[4 * j + 2] = fmaf(static_cast<float>(accI[4 * j + 2] - kMagic), x1 * w0, accF[4 * j + 2]);
+          accF[4 * j + 3] = fmaf(static_cast<float>(accI[4 * j + 3] - kMagic), x1 * w1, accF[4 * j + 3]);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        const int col = colBase + j * 8;
+        if (col < p.N) {
+          if (r0 < p.M)
+            *reinterpret_cast<__half2*>(p.y + (size_t)r0 * p.N + col) =
+                __floats2half2_rn(accF[4 * j], accF[4 * j + 1]);
+          if (r1 < p.M)
+            *reinterpret_cast<__half2*>(p.y + (size_t)r1 * p.N + col) =
+                __floats2half2_rn(accF[4 * j + 2], accF[4 * j + 3]);
+        }
+      }
+    }
+  }
+#endif
+}
+
+}  // namespace wg
+}  // namespace lowbit
+
+// ================================ host side ===================================================
+// Needs igemm::Problem (igemmCore.cuh includes this file after defining it).
+namespace lowbit {
+namespace wg {
+
+using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
+                                   const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
+                                   const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                   CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+// cuTensorMapEncodeTiled through the runtime's driver entry point (no -lcuda); null if absent.
+inline EncodeTiledFn encodeTiled() {
+  static const EncodeTiledFn fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault,
+                                         &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();
+      return static_cast<EncodeTiledFn>(nullptr);
+    }
+    return reinterpret_cast<EncodeTiledFn>(f);
+  }();
+  return fn;
+}
+
+// 2-D row-major tensor [rows, cols] of elemBytes-sized elements, box [boxRows, boxCols].
+inline bool makeMap(CUtensorMap* m, const void* base, CUtensorMapDataType dt, int elemBytes,
+                    uint64_t cols, uint64_t rows, uint32_t boxCols, uint32_t boxRows,
+                    CUtensorMapSwizzle sw) {
+  const cuuint64_t dims[2] = {cols, rows};
+  const cuuint64_t strides[1] = {cols * elemBytes};
+  const cuuint32_t box[2] = {boxCols, boxRows};
+  const cuuint32_t es[2] = {1, 1};
+  return encodeTiled()(m, dt, 2, const_cast<void*>(base), dims, strides, box, es,
+                       CU_TENSOR_MAP_INTERLEAVE_NONE, sw, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                       CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+// True on a compute capability 9.0 device when this library carries sm_90a code for the kernels
+// (not a JIT of older PTX, where their bodies are empty) and the driver has the TMA encoder.
+inline bool wgmmaAvailable() {
+  static int cached[64] = {0};  // 0 unknown, 1 yes, 2 no
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  int& c = cached[dev & 63];
+  if (c == 0) {
+    int major = 0, minor = 0;
+    cudaFuncAttributes a{};
+    const bool ok =
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
+        major == 9 && minor == 0 && encodeTiled() != nullptr &&
+        cudaFuncGetAttributes(&a, w8a8WgmmaKernel<256>) == cudaSuccess && a.ptxVersion >= 90 &&
+        a.binaryVersion == 90;
+    if (!ok) cudaGetLastError();
+    c = ok ? 1 : 2;
+  }
+  return c == 1;
+}
+
+template <int BN>
+inline int launchW8a8(const igemm::Problem& p, cudaStream_t stream) {
+  using C = W8Cfg<BN>;
+  CUtensorMap ta, tb;
+  if (!makeMap(&ta, p.a8, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.K8, p.M, C::BK, C::BM,
+               CU_TENSOR_MAP_SWIZZLE_128B) ||
+      !makeMap(&tb, p.b8, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.K8, p.N, C::BK, BN,
+               CU_TENSOR_MAP_SWIZZLE_128B))
+    return LOWBIT_ERR_UNSUPPORTED;
+  W8Args a{p.as8, static_cast<const float*>(p.bs8), p.y, p.M, p.N, (p.K8 + C::BK - 1) / C::BK,
+           p.as8Stride, (p.M + C::BM - 1) / C::BM, (p.N + BN - 1) / BN};
+  const int st = allowDynamicSmem<w8a8WgmmaKernel<BN>>(C::kSmemBytes);
+  if (st != LOWBIT_OK) return st;
+  const int tiles = a.tilesM * a.tilesN;
+  const int grid = tiles < igemm::multiprocessorCount() ? tiles : igemm::multiprocessorCount();
+  w8a8WgmmaKernel<BN><<<grid, kThreads, C::kSmemBytes, stream>>>(ta, tb, a);
+  return launchStatus();
+}
+
+// W4A4 needs G = 128 and a 16-byte aligned ws4t (TMA global addresses).
+inline bool w4a4Fits(const igemm::Problem& p, int groupSize) {
+  return groupSize == 128 && aligned16(p.bs4t) && (p.K8 == 0 || (p.a8 && p.b8));
+}
+
+struct W4Maps {
+  CUtensorMap x4, w4, ws, x8, w8;
+};
+
+inline bool makeW4Maps(const igemm::Problem& p, W4Maps& m) {
+  using C = W4Cfg;
+  const uint64_t kb4 = p.Kn / 2;
+  bool ok = makeMap(&m.x4, p.a4, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, kb4, p.M, 64, C::BM,
+                    CU_TENSOR_MAP_SWIZZLE_64B) &&
+            makeMap(&m.w4, p.b4, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, kb4, p.N, 64, C::BN,
+                    CU_TENSOR_MAP_SWIZZLE_64B) &&
+            makeMap(&m.ws, p.bs4t, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2, p.N, p.ng, C::BN, 1,
+                    CU_TENSOR_MAP_SWIZZLE_NONE);
+  if (ok && p.K8 > 0) {
+    ok = makeMap(&m.x8, p.a8, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.K8, p.M, 64, C::BM,
+                 CU_TENSOR_MAP_SWIZZLE_64B) &&
+         makeMap(&m.w8, p.b8, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.K8, p.N, 64, C::BN,
+                 CU_TENSOR_MAP_SWIZZLE_64B);
+  } else {
+    m.x8 = m.x4;  // never read (slices8 == 0)
+    m.w8 = m.w4;
+  }
+  return ok;
+}
+
+inline W4Args w4Args(const igemm::Problem& p) {
+  using C = W4Cfg;
+  return W4Args{p.as4, static_cast<const __half*>(p.as8), static_cast<const __half*>(p.bs8),
+                p.y, p.M, p.N, p.ng, p.slices4, p.slices8, (p.M + C::BM - 1) / C::BM,
+                (p.N + C::BN - 1) / C::BN};
+}
+
+template <int G>
+inline int launchW4a4(const igemm::Problem& p, cudaStream_t stream) {
+  W4Maps m;
+  if (!makeW4Maps(p, m)) return LOWBIT_ERR_UNSUPPORTED;
+  const W4Args a = w4Args(p);
+  const int st = allowDynamicSmem<w4a4WgmmaKernel<G>>(W4Cfg::kSmemBytes);
+  if (st != LOWBIT_OK) return st;
+  const int tiles = a.tilesM * a.tilesN;
+  const int grid = tiles < igemm::multiprocessorCount() ? tiles : igemm::multiprocessorCount();
+  w4a4WgmmaKernel<G><<<grid, kThreads, W4Cfg::kSmemBytes, stream>>>(m.x4, m.w4, m.ws, m.x8, m.w8,
+                                                                     a);
+  return launchStatus();
+}
+
+}  // namespace wg
+}  // namespace lowbit
+
+#include "common/wgmmaW4a4.cuh"
