@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_attention  # noqa: E402
 import bench_gemm  # noqa: E402
 import bench_quantize  # noqa: E402
 
@@ -25,6 +26,7 @@ def main() -> None:
         raise SystemExit("run_all.py needs a CUDA GPU")
     q_rows = bench_quantize.run(args.out, ms=(1, 4096) if args.quick else bench_quantize.MS)
     g_rows = bench_gemm.run(args.out, ms=(1, 16, 4096) if args.quick else bench_gemm.MS)
+    print(bench_attention.tables(bench_attention.run(args.out, quick=args.quick)))  # issue 5
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}")
     print(bench_quantize.table(q_rows))
     print()

@@ -37,7 +37,25 @@ _SIGNATURES: dict[str, list] = {
     "lowbit_atom_quantize": [_P, _I, _P, _P, _F, _I, _I, _I, _I, _F, _P, _P, _P, _P, _P],
     # x, dtype, gamma, eps, static_scale, M, K, q, xs, stream
     "lowbit_rmsnorm_quantize_int8": [_P, _I, _P, _F, _P, _I, _I, _P, _P, _P],
+    # qkv, positions, seq_offsets, T, B, block_table, inv_freq, layout*, codes, params, q_out,
+    # stream (plugins/kvAttention/kvAttentionKernel.h)
+    "lowbit_kv4_rope_append": [_P, _P, _P, _I, _I, _P, _P, _P, _P, _P, _P, _P],
+    # T, B, layout* -> size_t (restype set in _configure)
+    "lowbit_kv4_attention_workspace": [_I, _I, _P],
+    # q, positions, seq_offsets, T, B, block_table, layout*, codes, params, out, workspace,
+    # workspace_bytes, stream
+    "lowbit_kv4_attention": [_P, _P, _P, _I, _I, _P, _P, _P, _P, _P, _P, ctypes.c_size_t, _P],
 }
+# functions whose return type is not the int status
+_RESTYPES = {"lowbit_kv4_attention_workspace": ctypes.c_size_t}
+
+
+class Kv4Layout(ctypes.Structure):
+    """lowbitKv4Layout of plugins/kvAttention/kvAttentionKernel.h (passed by pointer)."""
+
+    _fields_ = [(n, ctypes.c_int) for n in (
+        "num_heads", "num_kv_heads", "head_size", "tokens_per_block", "k_group_size",
+        "v_group_size", "sliding_window", "num_blocks", "max_blocks_per_seq")]
 
 
 class LibraryNotFoundError(RuntimeError):
@@ -60,7 +78,7 @@ def _configure(lib: ctypes.CDLL) -> ctypes.CDLL:
     for name, argtypes in _SIGNATURES.items():
         fn = getattr(lib, name)
         fn.argtypes = argtypes
-        fn.restype = ctypes.c_int
+        fn.restype = _RESTYPES.get(name, ctypes.c_int)
     for name in ("lowbit_status_string", "lowbit_last_cuda_error"):
         getattr(lib, name).restype = ctypes.c_char_p
     lib.lowbit_status_string.argtypes = [ctypes.c_int]

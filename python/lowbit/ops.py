@@ -282,3 +282,136 @@ def rmsnorm_quantize_int8(
             _ptr(q), _ptr(xs), _stream(dev))
     library.check(st, "lowbit_rmsnorm_quantize_int8")
     return q, (static_scale if static_scale is not None else xs)
+
+
+# ---- paged INT4 KV cache (plugins/kvAttention; reference lowbit.kvcache) ----------------------
+
+
+def _kv4_layout(layout, codes: torch.Tensor, block_table: torch.Tensor):
+    """ctypes lowbitKv4Layout of a lowbit.kvcache.KvLayout and the pool / block table shapes."""
+    return library.Kv4Layout(layout.num_heads, layout.num_kv_heads, layout.head_size,
+                             layout.tokens_per_block, layout.k_group_size, layout.v_group_size,
+                             layout.sliding_window, codes.shape[1], block_table.shape[1])
+
+
+def _kv4_check(layout, positions, seq_offsets, block_table, codes, params, layer, t, dev):
+    lo = layout
+    if lo.head_size not in (64, 128):
+        raise ValueError(f"head_size: the kernels support 64 and 128, found {lo.head_size}")
+    for name, g in (("k_group_size", lo.k_group_size), ("v_group_size", lo.v_group_size)):
+        if g % 8:
+            raise ValueError(f"{name}: the kernels need a multiple of 8, found {g}")
+    tpb = lo.tokens_per_block
+    if tpb < 8 or tpb & (tpb - 1):
+        raise ValueError(f"tokens_per_block: the kernels need a power of two >= 8, found {tpb}")
+    _rank(codes, "codes", 6)
+    _rank(block_table, "block_table", 2)
+    _rank(seq_offsets, "seq_offsets", 1)
+    nl, nb = codes.shape[0], codes.shape[1]
+    nkv, d = lo.num_kv_heads, lo.head_size
+    _check(codes, "codes", torch.uint8, (nl, nb, 2, nkv, tpb, d // 2), dev)
+    _check(params, "params", torch.float16, (nl, nb, nkv, tpb, lo.params_per_token), dev)
+    if not 0 <= layer < nl:
+        raise ValueError(f"layer: expected 0 <= layer < {nl}, found {layer}")
+    b = seq_offsets.shape[0] - 1
+    if b < 1:
+        raise ValueError(f"seq_offsets: expected [B+1] with B >= 1, found "
+                         f"{tuple(seq_offsets.shape)}")
+    _check(positions, "positions", torch.int32, (t,), dev)
+    _check(seq_offsets, "seq_offsets", torch.int32, (b + 1,), dev)
+    _check(block_table, "block_table", torch.int32, (b, block_table.shape[1]), dev)
+    return b
+
+
+def kv4_rope_append(
+    qkv: torch.Tensor, positions: torch.Tensor, seq_offsets: torch.Tensor,
+    block_table: torch.Tensor, inv_freq: torch.Tensor, codes: torch.Tensor, params: torch.Tensor,
+    layer: int, layout, *, out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """RoPE + quantize-append into the INT4 pool (lowbit.kvcache.rope_append), in place.
+
+    qkv fp16 [T, (nh + 2 nkv) d]; positions, seq_offsets [B+1], block_table [B, MB] int32;
+    inv_freq fp32 [d/2]; codes uint8 [L, NB, 2, nkv, tpb, d/2], params fp16 [L, NB, nkv, tpb, P]
+    (lowbit.kvcache.new_pool); layout a lowbit.kvcache.KvLayout. Positions must lie in
+    [0, MB * tpb) and their blocks in [0, NB) (not checked on the device: out-of-range tokens are
+    skipped). out: optional fp16 [T, nh, d]. returns q fp16 [T, nh, d].
+    """
+    _rank(qkv, "qkv", 2)
+    t, dev = qkv.shape[0], qkv.device
+    _check(qkv, "qkv", torch.float16, (t, layout.qkv_width))
+    b = _kv4_check(layout, positions, seq_offsets, block_table, codes, params, layer, t, dev)
+    _check(inv_freq, "inv_freq", torch.float32, (layout.head_size // 2,), dev)
+    if out is None:
+        out = torch.empty((t, layout.num_heads, layout.head_size), dtype=torch.float16,
+                          device=dev)
+    else:
+        _check(out, "out", torch.float16, (t, layout.num_heads, layout.head_size), dev)
+    if t == 0:
+        return out
+    lib = library.load()
+    lay = _kv4_layout(layout, codes, block_table)
+    import ctypes
+
+    with _on_device(dev):
+        st = lib.lowbit_kv4_rope_append(
+            _ptr(qkv), _ptr(positions), _ptr(seq_offsets), t, b, _ptr(block_table),
+            _ptr(inv_freq), ctypes.byref(lay), codes[layer].data_ptr(), params[layer].data_ptr(),
+            _ptr(out), _stream(dev))
+    library.check(st, "lowbit_kv4_rope_append")
+    return out
+
+
+def kv4_attention_workspace(t: int, b: int, layout, num_blocks: int, max_blocks: int) -> int:
+    """Bytes of scratch kv4_attention needs for T tokens of B sequences (0 for prefill)."""
+    import ctypes
+
+    lay = library.Kv4Layout(layout.num_heads, layout.num_kv_heads, layout.head_size,
+                            layout.tokens_per_block, layout.k_group_size, layout.v_group_size,
+                            layout.sliding_window, num_blocks, max_blocks)
+    return int(library.load().lowbit_kv4_attention_workspace(t, b, ctypes.byref(lay)))
+
+
+def kv4_attention(
+    q: torch.Tensor, positions: torch.Tensor, seq_offsets: torch.Tensor,
+    block_table: torch.Tensor, codes: torch.Tensor, params: torch.Tensor, layer: int, layout,
+    *, out: torch.Tensor | None = None, workspace: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Attention over the INT4 pool (lowbit.kvcache.attention; K/V dequantized to fp16 in the
+    kernel, see plugins/kvAttention/README.md). T == B: decode (one token per sequence), else
+    prefill. q fp16 [T, nh, d]; other operands as kv4_rope_append. out: optional fp16
+    [T, nh * d]; workspace: optional uint8 tensor of >= kv4_attention_workspace(...) bytes
+    (allocated here when needed and not given). returns fp16 [T, nh * d].
+    """
+    _rank(q, "q", 3)
+    t, dev = q.shape[0], q.device
+    _check(q, "q", torch.float16, (t, layout.num_heads, layout.head_size))
+    b = _kv4_check(layout, positions, seq_offsets, block_table, codes, params, layer, t, dev)
+    if out is None:
+        out = torch.empty((t, layout.num_heads * layout.head_size), dtype=torch.float16,
+                          device=dev)
+    else:
+        _check(out, "out", torch.float16, (t, layout.num_heads * layout.head_size), dev)
+    if t == 0:
+        return out
+    import ctypes
+
+    lib = library.load()
+    lay = _kv4_layout(layout, codes, block_table)
+    need = int(lib.lowbit_kv4_attention_workspace(t, b, ctypes.byref(lay)))
+    if need and workspace is None:
+        workspace = torch.empty(need, dtype=torch.uint8, device=dev)
+    ws_bytes = 0
+    if workspace is not None:
+        if workspace.device != dev or not workspace.is_contiguous():
+            raise ValueError(f"workspace: expected a contiguous tensor on {dev}, found "
+                             f"{workspace.device}")
+        ws_bytes = workspace.numel() * workspace.element_size()
+        if ws_bytes < need:
+            raise ValueError(f"workspace: expected >= {need} bytes, found {ws_bytes}")
+    with _on_device(dev):
+        st = lib.lowbit_kv4_attention(
+            _ptr(q), _ptr(positions), _ptr(seq_offsets), t, b, _ptr(block_table),
+            ctypes.byref(lay), codes[layer].data_ptr(), params[layer].data_ptr(), _ptr(out),
+            _ptr(workspace), ws_bytes, _stream(dev))
+    library.check(st, "lowbit_kv4_attention")
+    return out

@@ -1,0 +1,771 @@
+// Paged INT4 KV cache kernels (contract: docs/engine-io.md; layout: README.md; torch reference:
+// python/lowbit/kvcache.py).
+//
+// Operands (T tokens of B sequences, nh / nkv heads, d = head size, P = 2 (d/gk + d/gv)):
+//   qkv        fp16 [T, (nh + 2 nkv) d]   q heads, then k heads, then v heads (bias added)
+//   positions  int32 [T]; seq_offsets int32 [B+1]; block_table int32 [B, MB]
+//   inv_freq   fp32 [d/2]
+//   codes      uint8 [NB, 2, nkv, tpb, d/2]  this layer's slab; [blk, 0/1, h, slot, i] = K/V codes
+//              of channels 2i (low nibble) and 2i+1 (high nibble), values 0..15
+//   params     fp16 [NB, nkv, tpb, P]       [k_scale(d/gk), k_zero(d/gk), v_scale(d/gv), v_zero]
+//   q_out      fp16 [T, nh, d];  out fp16 [T, nh d]
+// Rules: d in {64, 128}; gk, gv multiples of 8 dividing d; tpb a power of two >= 8;
+// every pointer 16-byte aligned; decode (T == B) has one token per sequence.
+//
+// kv4RopeAppendKernel: a CTA per (token, 16 head units) (cos/sin of the token's d/2 angles once
+//   per CTA, in shared memory), one warp per head unit in turn; units are the nh q heads, nkv k heads and
+//   nkv v heads. Lane l holds channels [l c, l c + c), c = d/32, so the RoPE partner (j +- d/2) sits
+//   in lane l ^ 16. With a = float(p) * inv_freq[j] (fp32, as torch):
+//     j <  d/2: y_j = x_j cos a_j - x_{j+d/2} sin a_j;  j >= d/2: y_j = x_j cos a' + x_{j-d/2} sin a'
+//   products and sum rounded separately (__fmul_rn/__fadd_rn: no FMA contraction, like torch), then
+//   rounded to fp16 (q written out; k quantized from the fp16 value). Quantize per group of g
+//   channels (g/c lanes, xor-shuffle min/max): scale = fp16((max - min) / 15), zero = fp16(min),
+//   code = scale > 0 ? clamp(rint((x - zero) / scale), 0, 15) : 0 (IEEE division, half-even).
+//
+// kv4AttentionKernel<D, DECODE>: flash attention over 64-token KV tiles (positions aligned to 64)
+//   with 4 warps. Per tile: cp.async copies the raw codes + params of the tile (two tiles ahead,
+//   two raw stages), all threads dequantize them into fp16 K, V tiles in shared memory
+//   (x^ = fp16(code * scale + zero), one hfma2: the only deviation from the fp32 reference,
+//   <= 1/2 fp16 ulp per value), then mma.sync m16n8k16 (fp16 in, fp32 accumulate):
+//   S = Q K^T, online softmax in fp32 (base 2: s * log2(e)/sqrt(d)), O += fp16(P) V.
+//   Query rows are (token, head of the GQA group) pairs, so each KV tile is read once for all
+//   heads sharing it.
+//   DECODE (T == B, nh/nkv <= 16): a CTA = (split, kv head, sequence); rows = the nh/nkv heads of
+//     the group (padded to 16); the 4 warps take 16 tokens each of every tile and merge their
+//     (max, sum, O) in shared memory; the sequence's tiles are split evenly over `splits` CTAs
+//     (flash-decoding), whose partials (o = O / l, lse = m + log2 l) go to the workspace and are
+//     combined by kv4MergeKernel: out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M).
+//   PREFILL: a CTA = (64 rows of one sequence, kv head); warp w owns rows 16w..16w+15 and all 64
+//     tokens of each tile; tiles from the window start of the first row to the last row's position.
+//   Masked scores (outside [max(0, p - window + 1), p], or tokens outside the sequence) are -inf;
+//   the V rows of tokens outside the CTA's range are zero in shared memory (no NaN from stale
+//   pool bytes). Rows with no visible token (padding) are not written.
+#include "kvAttention/kvAttentionKernel.h"
+
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <initializer_list>
+
+#include "common/cudaCheck.h"
+
+namespace lowbit {
+namespace {
+
+constexpr int kTile = 64;       // KV tokens per pipeline stage
+constexpr int kThreads = 128;   // 4 warps per CTA (both kernels)
+constexpr int kTargetCtas = 1584;  // decode: aim for ~12 CTAs per SM of a 132-SM H100 (waves)
+constexpr int kMaxSplits = 256;
+constexpr int kAppendUnits = 16;   // head units per append CTA (4 per warp): T * U / 16 CTAs
+
+struct AttnArgs {
+  const __half* q;
+  const int* positions;
+  const int* seq_offsets;
+  const int* block_table;
+  const uint8_t* codes;
+  const __half* params;
+  __half* out;
+  float* ws_o;    // [B, nh, splits, d]
+  float* ws_lse;  // [B, nh, splits]
+  int B, nh, nkv, rep, tpb, gk, gv, P, window, NB, MB, splits;
+  float scale_log2;  // log2(e) / sqrt(d)
+};
+
+// ---- PTX helpers ------------------------------------------------------------------------------
+__device__ __forceinline__ uint32_t smemAddr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void cpAsync16(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smemAddr(dst)), "l"(src));
+}
+__device__ __forceinline__ void cpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+__device__ __forceinline__ void ldsm4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smemAddr(p)));
+}
+__device__ __forceinline__ void ldsm4t(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smemAddr(p)));
+}
+// D += A B, m16n8k16, fp16 inputs, fp32 accumulators.
+__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t packHalf2(float lo, float hi) {
+  __half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&h);
+}
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
+  uint32_t r;
+  asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
+  return r;
+}
+
+// 8 codes of one 32-bit word (channel 2i low nibble of byte i) -> 8 fp16 values code*s + z in
+// channel order. (w >> 4k) & 0x000F000F | 0x6400_6400 is the half2 (1024 + c_k, 1024 + c_{k+4})
+// (fp16 1024 has a unit ulp), minus 1024 exactly gives the codes, one hfma2 applies scale/zero,
+// two prmt per pair restore the channel order.
+__device__ __forceinline__ uint4 dequant8(uint32_t w, __half2 s, __half2 z) {
+  const uint32_t kMask = 0x000F000Fu, kMagic = 0x64006400u;
+  const __half2 k1024 = __half2half2(__ushort_as_half(0x6400));
+  uint32_t h[4];
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    uint32_t a = ((w >> (4 * k)) & kMask) | kMagic;
+    __half2 c = __hsub2(*reinterpret_cast<__half2*>(&a), k1024);
+    __half2 v = __hfma2(c, s, z);
+    h[k] = *reinterpret_cast<uint32_t*>(&v);
+  }
+  // h[k] = (ch k, ch k+4)
+  return make_uint4(prmt(h[0], h[1], 0x5410), prmt(h[2], h[3], 0x5410),
+                    prmt(h[0], h[1], 0x7632), prmt(h[2], h[3], 0x7632));
+}
+
+// ---- RoPE + quantize-append -------------------------------------------------------------------
+// One (token, head unit) of kv4RopeAppendKernel, one warp.
+template <int D>
+__device__ __forceinline__ void kv4AppendUnit(const __half* __restrict__ qkv, int t, int u,
+                                              int lane, int pos, int b, const float* sCos,
+                                              const float* sSin, const lowbitKv4Layout& L,
+                                              const int* __restrict__ block_table,
+                                              uint8_t* __restrict__ codes,
+                                              __half* __restrict__ params,
+                                              __half* __restrict__ q_out) {
+  constexpr int C = D / 32;
+  const int nh = L.num_heads, nkv = L.num_kv_heads, U = nh + 2 * nkv;
+  const __half* src = qkv + (static_cast<size_t>(t) * U + u) * D + lane * C;
+  float x[C];
+  if constexpr (C == 4) {
+    uint2 v = *reinterpret_cast<const uint2*>(src);
+    const __half* e = reinterpret_cast<const __half*>(&v);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) x[i] = __half2float(e[i]);
+  } else {
+    uint32_t v = *reinterpret_cast<const uint32_t*>(src);
+    const __half* e = reinterpret_cast<const __half*>(&v);
+#pragma unroll
+    for (int i = 0; i < 2; ++i) x[i] = __half2float(e[i]);
+  }
+  if (u < nh + nkv) {  // q or k: RoPE
+    const int jb = (lane & 15) * C;
+#pragma unroll
+    for (int i = 0; i < C; ++i) {
+      const float xp = __shfl_xor_sync(0xffffffffu, x[i], 16);
+      const float cs = sCos[jb + i], sn = sSin[jb + i];
+      const float y = __fadd_rn(__fmul_rn(x[i], cs), __fmul_rn(lane < 16 ? -xp : xp, sn));
+      x[i] = __half2float(__float2half_rn(y));
+    }
+    if (u < nh) {
+      __half* dst = q_out + (static_cast<size_t>(t) * nh + u) * D + lane * C;
+      if constexpr (C == 4) {
+        uint2 v = make_uint2(packHalf2(x[0], x[1]), packHalf2(x[2], x[3]));
+        *reinterpret_cast<uint2*>(dst) = v;
+      } else {
+        *reinterpret_cast<uint32_t*>(dst) = packHalf2(x[0], x[1]);
+      }
+      return;
+    }
+  }
+  const int isV = u >= nh + nkv ? 1 : 0;
+  const int h = u - nh - isV * nkv;
+  const int tpb = L.tokens_per_block;
+  const int col = pos / tpb;
+  if (pos < 0 || col >= L.max_blocks_per_seq) return;  // caller error: nothing written
+  const int blk = block_table[static_cast<size_t>(b) * L.max_blocks_per_seq + col];
+  if (blk < 0 || blk >= L.num_blocks) return;
+  const int slot = pos % tpb;
+  const int g = isV ? L.v_group_size : L.k_group_size;
+  const int lanesPerGroup = g / C;
+  float mn = x[0], mx = x[0];
+#pragma unroll
+  for (int i = 1; i < C; ++i) { mn = fminf(mn, x[i]); mx = fmaxf(mx, x[i]); }
+  for (int o = 1; o < lanesPerGroup; o <<= 1) {
+    mn = fminf(mn, __shfl_xor_sync(0xffffffffu, mn, o));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  }
+  const __half sh = __float2half_rn(__fdiv_rn(__fsub_rn(mx, mn), 15.f));
+  const __half zh = __float2half_rn(mn);
+  const float s = __half2float(sh), z = __half2float(zh);
+  uint32_t packed = 0;
+#pragma unroll
+  for (int i = 0; i < C; ++i) {
+    float qv = 0.f;
+    if (s > 0.f) qv = fminf(fmaxf(rintf(__fdiv_rn(__fsub_rn(x[i], z), s)), 0.f), 15.f);
+    packed |= static_cast<uint32_t>(qv) << (4 * i);
+  }
+  const size_t slab = (static_cast<size_t>(blk) * 2 + isV) * nkv + h;
+  uint8_t* dst = codes + (slab * tpb + slot) * (D / 2) + lane * (C / 2);
+  if constexpr (C == 4) *reinterpret_cast<uint16_t*>(dst) = static_cast<uint16_t>(packed);
+  else *dst = static_cast<uint8_t>(packed);
+  const int gi = (lane * C) / g;
+  if ((lane % lanesPerGroup) == 0) {
+    const int P = 2 * (D / L.k_group_size + D / L.v_group_size);
+    __half* pp = params + ((static_cast<size_t>(blk) * nkv + h) * tpb + slot) * P +
+                 (isV ? 2 * (D / L.k_group_size) : 0);
+    pp[gi] = sh;
+    pp[D / g + gi] = zh;
+  }
+}
+
+template <int D>
+__global__ void __launch_bounds__(kThreads)
+kv4RopeAppendKernel(const __half* __restrict__ qkv, const int* __restrict__ positions,
+                    const int* __restrict__ seq_offsets, int T, int B,
+                    const int* __restrict__ block_table, const float* __restrict__ inv_freq,
+                    lowbitKv4Layout L, uint8_t* __restrict__ codes, __half* __restrict__ params,
+                    __half* __restrict__ q_out) {
+  __shared__ float sCos[D / 2], sSin[D / 2];
+  const int lane = threadIdx.x & 31;
+  const int nh = L.num_heads, nkv = L.num_kv_heads, U = nh + 2 * nkv;
+  const int t = blockIdx.x;
+  const int pos = positions[t];
+  for (int j = threadIdx.x; j < D / 2; j += blockDim.x) {
+    const float a = __fmul_rn(static_cast<float>(pos), inv_freq[j]);
+    sCos[j] = cosf(a);
+    sSin[j] = sinf(a);
+  }
+  // sequence of token t: the b with seq_offsets[b] <= t < seq_offsets[b + 1]
+  int lo = 0, hi = B;
+  while (lo < hi) {
+    const int m = (lo + hi) >> 1;
+    if (seq_offsets[m + 1] <= t) lo = m + 1; else hi = m;
+  }
+  const int b = lo < B ? lo : B - 1;
+  __syncthreads();
+  const int uEnd = (blockIdx.y + 1) * kAppendUnits < U ? (blockIdx.y + 1) * kAppendUnits : U;
+  for (int u = blockIdx.y * kAppendUnits + (threadIdx.x >> 5); u < uEnd; u += blockDim.x >> 5) {
+    kv4AppendUnit<D>(qkv, t, u, lane, pos, b, sCos, sSin, L, block_table, codes, params, q_out);
+  }
+}
+
+// ---- attention --------------------------------------------------------------------------------
+template <int D>
+struct Smem {
+  static constexpr int LD = D + 8;  // halves per K/V/Q row (+16 B: ldmatrix rows hit distinct banks)
+  static constexpr int kKV = kTile * LD * 2;  // bytes of one of Ks, Vs
+  static constexpr int stageBytes(int P) { return kTile * D + kTile * P * 2; }
+  static constexpr int bytes(int qr, int P) {
+    return 2 * kKV + qr * LD * 2 + qr * 8 + 2 * stageBytes(P);
+  }
+};
+
+// Issue the cp.async copies of tile `tile` (positions [64 tile, 64 tile + 64)) into stage `st`:
+// K codes [64][d/2], V codes [64][d/2], params [64][P]. A segment (min(tpb, 64) tokens, contiguous
+// in one pool block) is copied only if it overlaps [lo, hi), so blocks the sequence does not own
+// are never touched.
+template <int D>
+__device__ __forceinline__ void loadTile(const AttnArgs& a, int b, int h, int tile, int lo, int hi,
+                                         uint8_t* st, int tid) {
+  constexpr int rowB = D / 2;
+  constexpr int kvChunks = kTile * rowB / 16;
+  const int pChunks = kTile * a.P * 2 / 16;
+  const int base = tile * kTile;
+  if (a.tpb >= kTile) {
+    // tpb >= 64: the tile is one contiguous run of slots of one block; one table read per tile
+    // (a table read per chunk put a dependent global load in front of every copy)
+    const int col = base / a.tpb;
+    if (base >= hi || base + kTile <= lo || col >= a.MB) return;
+    const int blk = __ldg(a.block_table + static_cast<size_t>(b) * a.MB + col);
+    if (blk < 0 || blk >= a.NB) return;
+    const int slot0 = base & (a.tpb - 1);
+    const size_t slabK = (static_cast<size_t>(blk) * 2 * a.nkv + h) * a.tpb;
+    const uint8_t* ksrc = a.codes + (slabK + slot0) * rowB;
+    const uint8_t* vsrc = ksrc + static_cast<size_t>(a.nkv) * a.tpb * rowB;  // slab (blk, 1, h)
+#pragma unroll
+    for (int i = 0; i < kvChunks / kThreads; ++i) {
+      const int c = tid + i * kThreads;
+      cpAsync16(st + c * 16, ksrc + c * 16);
+      cpAsync16(st + kTile * rowB + c * 16, vsrc + c * 16);
+    }
+    const uint8_t* psrc = reinterpret_cast<const uint8_t*>(
+        a.params + ((static_cast<size_t>(blk) * a.nkv + h) * a.tpb + slot0) * a.P);
+    for (int c = tid; c < pChunks; c += kThreads)
+      cpAsync16(st + 2 * kTile * rowB + c * 16, psrc + c * 16);
+    return;
+  }
+  const int segT = a.tpb;  // < 64: the tile spans 64 / tpb blocks
+  for (int c = tid; c < 2 * kvChunks + pChunks; c += kThreads) {
+    int tok, kv = 0, part = 0, cc = 0;
+    if (c < 2 * kvChunks) {
+      kv = c / kvChunks;
+      const int r = c - kv * kvChunks;
+      tok = r / (rowB / 16);
+      part = r % (rowB / 16);
+    } else {
+      cc = c - 2 * kvChunks;
+      tok = cc * 8 / a.P;
+    }
+    const int segStart = base + (tok / segT) * segT;
+    if (segStart + segT <= lo || segStart >= hi) continue;
+    const int pos = base + tok;
+    const int col = pos / a.tpb;
+    if (col >= a.MB) continue;
+    const int blk = a.block_table[static_cast<size_t>(b) * a.MB + col];
+    if (blk < 0 || blk >= a.NB) continue;
+    const int slot = pos % a.tpb;
+    if (c < 2 * kvChunks) {
+      const size_t slab = (static_cast<size_t>(blk) * 2 + kv) * a.nkv + h;
+      cpAsync16(st + kv * kTile * rowB + tok * rowB + part * 16,
+                a.codes + (slab * a.tpb + slot) * rowB + part * 16);
+    } else {
+      // chunk = halves [8 cc, 8 cc + 8) of the tile's [64][P] params; linear inside a segment
+      const int e = cc * 8 - tok * a.P;
+      cpAsync16(st + 2 * kTile * rowB + cc * 16,
+                a.params + ((static_cast<size_t>(blk) * a.nkv + h) * a.tpb + slot) * a.P + e);
+    }
+  }
+}
+
+template <int D, bool DECODE>
+__global__ void __launch_bounds__(kThreads) kv4AttentionKernel(AttnArgs a) {
+  constexpr int QR = DECODE ? 16 : 64;   // query rows per CTA
+  constexpr int NT = DECODE ? 16 : 64;   // tile tokens per warp
+  constexpr int LD = Smem<D>::LD;
+  constexpr int KS = D / 16;             // k steps of Q K^T
+  constexpr int NS = NT / 8;             // n8 tiles of S per warp
+  constexpr int NO = D / 8;              // n8 tiles of O
+  constexpr int rowB = D / 2;
+  constexpr int WPR = D / 8;             // code words per token row
+  extern __shared__ __align__(16) uint8_t smem[];
+  __half* Ks = reinterpret_cast<__half*>(smem);
+  __half* Vs = Ks + kTile * LD;
+  __half* Qs = Vs + kTile * LD;
+  int* rowPos = reinterpret_cast<int*>(Qs + QR * LD);  // position of each row's token, -1 = pad
+  int* rowOff = rowPos + QR;                           // element offset of the row in q / out
+  uint8_t* raw = reinterpret_cast<uint8_t*>(rowOff + QR);
+  const int stageB = kTile * D + kTile * a.P * 2;
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int h = blockIdx.y;
+  int b, lo, hi, t0, t1, split = 0;
+  if constexpr (DECODE) {
+    b = blockIdx.z;
+    split = blockIdx.x;
+    const int t = a.seq_offsets[b];
+    const int p = a.positions[t];
+    lo = a.window > 0 && p - a.window + 1 > 0 ? p - a.window + 1 : 0;
+    hi = p + 1;
+    if (tid < QR) {
+      rowPos[tid] = tid < a.rep ? p : -1;
+      rowOff[tid] = (t * a.nh + h * a.rep + tid) * D;
+    }
+    const int first = lo / kTile, n = (hi - 1) / kTile + 1 - first;
+    const int per = (n + a.splits - 1) / a.splits;
+    t0 = first + split * per;
+    t1 = t0 + per < first + n ? t0 + per : first + n;
+  } else {
+    // CTA x -> (sequence b, 64-row tile): tiles_b = ceil(n_b rep / 64), in sequence order
+    int x = blockIdx.x;
+    b = -1;
+    for (int s = 0; s < a.B; ++s) {
+      const int nb = a.seq_offsets[s + 1] - a.seq_offsets[s];
+      const int tiles = (nb * a.rep + QR - 1) / QR;
+      if (x < tiles) { b = s; break; }
+      x -= tiles;
+    }
+    if (b < 0) return;  // grid is an upper bound
+    const int off = a.seq_offsets[b], nb = a.seq_offsets[b + 1] - off;
+    const int r0 = x * QR;
+    if (tid < QR) {
+      const int gr = r0 + tid, tok = gr / a.rep;
+      rowPos[tid] = tok < nb ? a.positions[off + tok] : -1;
+      rowOff[tid] = ((off + tok) * a.nh + h * a.rep + gr % a.rep) * D;
+    }
+    const int tokLast = (r0 + QR - 1) / a.rep < nb - 1 ? (r0 + QR - 1) / a.rep : nb - 1;
+    const int pFirst = a.positions[off + r0 / a.rep], pLast = a.positions[off + tokLast];
+    lo = a.window > 0 && pFirst - a.window + 1 > 0 ? pFirst - a.window + 1 : 0;
+    hi = pLast + 1;
+    t0 = lo / kTile;
+    t1 = (hi - 1) / kTile + 1;
+  }
+  if (t1 > t0) {
+    loadTile<D>(a, b, h, t0, lo, hi, raw, tid);
+  }
+  cpAsyncCommit();
+  if (t1 > t0 + 1) loadTile<D>(a, b, h, t0 + 1, lo, hi, raw + stageB, tid);
+  cpAsyncCommit();
+  __syncthreads();  // rowPos / rowOff
+  // Q rows -> shared memory (zero rows for padding)
+  for (int c = tid; c < QR * (D / 8); c += kThreads) {
+    const int r = c / (D / 8), j = c % (D / 8);
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (rowPos[r] >= 0) v = *reinterpret_cast<const uint4*>(a.q + rowOff[r] + j * 8);
+    *reinterpret_cast<uint4*>(Qs + r * LD + j * 8) = v;
+  }
+  __syncthreads();
+  const int rowBase = DECODE ? 0 : warp * 16;
+  const int tokBase = DECODE ? warp * 16 : 0;
+  uint32_t qf[KS][4];
+#pragma unroll
+  for (int ks = 0; ks < KS; ++ks) {
+    const int m = lane >> 3;
+    ldsm4(qf[ks], Qs + (rowBase + (m & 1) * 8 + (lane & 7)) * LD + ks * 16 + (m >> 1) * 8);
+  }
+  const int r = lane >> 2, qd = lane & 3;
+  const int pos0 = rowPos[rowBase + r], pos1 = rowPos[rowBase + r + 8];
+  float o[NO][4];
+#pragma unroll
+  for (int i = 0; i < NO; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+
+  // dequantization: thread tid always handles word j = tid % WPR of token rows tid / WPR + k *
+  // (128 / WPR), so its K and V group indices are fixed
+  const int dj = tid % WPR, dt0 = tid / WPR;
+  const int ngk = D / a.gk, ngv = D / a.gv;
+  const int kgi = dj * 8 / a.gk, vgi = dj * 8 / a.gv;
+  for (int tile = t0; tile < t1; ++tile) {
+    cpAsyncWait<1>();
+    __syncthreads();
+    const uint8_t* st = raw + ((tile - t0) & 1) * stageB;
+    const __half* pr = reinterpret_cast<const __half*>(st + 2 * kTile * rowB);
+#pragma unroll 4
+    for (int tk = dt0; tk < kTile; tk += kThreads / WPR) {
+      const int pos = tile * kTile + tk;
+      uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
+      if (pos >= lo && pos < hi) {
+        const uint32_t kw = *reinterpret_cast<const uint32_t*>(st + tk * rowB + dj * 4);
+        const uint32_t vw =
+            *reinterpret_cast<const uint32_t*>(st + kTile * rowB + tk * rowB + dj * 4);
+        const __half* pt = pr + tk * a.P;
+        kv = dequant8(kw, __half2half2(pt[kgi]), __half2half2(pt[ngk + kgi]));
+        vv = dequant8(vw, __half2half2(pt[2 * ngk + vgi]), __half2half2(pt[2 * ngk + ngv + vgi]));
+      }
+      *reinterpret_cast<uint4*>(Ks + tk * LD + dj * 8) = kv;
+      *reinterpret_cast<uint4*>(Vs + tk * LD + dj * 8) = vv;
+    }
+    __syncthreads();
+    if (tile + 2 < t1) loadTile<D>(a, b, h, tile + 2, lo, hi, raw + ((tile - t0) & 1) * stageB, tid);
+    cpAsyncCommit();
+
+    // S = Q K^T over this warp's NT tokens
+    float s[NS][4];
+#pragma unroll
+    for (int i = 0; i < NS; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+#pragma unroll
+      for (int np = 0; np < NS / 2; ++np) {
+        uint32_t kb[4];
+        const int m = lane >> 3;
+        ldsm4(kb, Ks + (tokBase + np * 16 + (m >> 1) * 8 + (lane & 7)) * LD + ks * 16 +
+                      (m & 1) * 8);
+        mma16816(s[2 * np], qf[ks], kb[0], kb[1]);
+        mma16816(s[2 * np + 1], qf[ks], kb[2], kb[3]);
+      }
+    }
+    // mask, scale to base 2, online softmax (rows r and r + 8 of this warp)
+    float mx0 = m0, mx1 = m1;
+#pragma unroll
+    for (int i = 0; i < NS; ++i) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int j = tile * kTile + tokBase + i * 8 + 2 * qd + (e & 1);
+        const int p = e < 2 ? pos0 : pos1;
+        const bool ok = j >= lo && j < hi && j <= p && (a.window <= 0 || j > p - a.window);
+        s[i][e] = ok ? s[i][e] * a.scale_log2 : -INFINITY;
+      }
+      mx0 = fmaxf(mx0, fmaxf(s[i][0], s[i][1]));
+      mx1 = fmaxf(mx1, fmaxf(s[i][2], s[i][3]));
+    }
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    const float u0 = mx0 == -INFINITY ? 0.f : mx0, u1 = mx1 == -INFINITY ? 0.f : mx1;
+    const float c0 = exp2f(m0 - u0), c1 = exp2f(m1 - u1);  // m = -inf -> 0
+    m0 = mx0;
+    m1 = mx1;
+    l0 *= c0;
+    l1 *= c1;
+#pragma unroll
+    for (int i = 0; i < NO; ++i) {
+      o[i][0] *= c0; o[i][1] *= c0; o[i][2] *= c1; o[i][3] *= c1;
+    }
+#pragma unroll
+    for (int i = 0; i < NS; ++i) {
+      s[i][0] = exp2f(s[i][0] - u0);
+      s[i][1] = exp2f(s[i][1] - u0);
+      s[i][2] = exp2f(s[i][2] - u1);
+      s[i][3] = exp2f(s[i][3] - u1);
+      l0 += s[i][0] + s[i][1];
+      l1 += s[i][2] + s[i][3];
+    }
+    // O += P V
+#pragma unroll
+    for (int kk = 0; kk < NT / 16; ++kk) {
+      uint32_t pa[4] = {packHalf2(s[2 * kk][0], s[2 * kk][1]),
+                        packHalf2(s[2 * kk][2], s[2 * kk][3]),
+                        packHalf2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                        packHalf2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int np = 0; np < NO / 2; ++np) {
+        uint32_t vb[4];
+        const int m = lane >> 3;
+        ldsm4t(vb, Vs + (tokBase + kk * 16 + (m & 1) * 8 + (lane & 7)) * LD + np * 16 +
+                       (m >> 1) * 8);
+        mma16816(o[2 * np], pa, vb[0], vb[1]);
+        mma16816(o[2 * np + 1], pa, vb[2], vb[3]);
+      }
+    }
+    __syncthreads();
+  }
+  cpAsyncWait<0>();
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+
+  if constexpr (!DECODE) {
+    const float i0 = l0 > 0.f ? 1.f / l0 : 0.f, i1 = l1 > 0.f ? 1.f / l1 : 0.f;
+    const int off0 = rowOff[rowBase + r], off1 = rowOff[rowBase + r + 8];
+#pragma unroll
+    for (int i = 0; i < NO; ++i) {
+      const int ch = i * 8 + 2 * qd;
+      if (pos0 >= 0)
+        *reinterpret_cast<uint32_t*>(a.out + off0 + ch) = packHalf2(o[i][0] * i0, o[i][1] * i0);
+      if (pos1 >= 0)
+        *reinterpret_cast<uint32_t*>(a.out + off1 + ch) = packHalf2(o[i][2] * i1, o[i][3] * i1);
+    }
+  } else {
+    // merge the 4 warps' states (same rows, disjoint tokens) through shared memory (Ks/Vs area)
+    __syncthreads();
+    float* wm = reinterpret_cast<float*>(smem);        // [4][16]
+    float* wl = wm + 4 * 16;                           // [4][16]
+    float* wo = wl + 4 * 16;                           // [4][16][D]
+    if (qd == 0) {
+      wm[warp * 16 + r] = m0; wm[warp * 16 + r + 8] = m1;
+      wl[warp * 16 + r] = l0; wl[warp * 16 + r + 8] = l1;
+    }
+#pragma unroll
+    for (int i = 0; i < NO; ++i) {
+      const int ch = i * 8 + 2 * qd;
+      *reinterpret_cast<float2*>(wo + (warp * 16 + r) * D + ch) = make_float2(o[i][0], o[i][1]);
+      *reinterpret_cast<float2*>(wo + (warp * 16 + r + 8) * D + ch) =
+          make_float2(o[i][2], o[i][3]);
+    }
+    __syncthreads();
+    for (int idx = tid; idx < a.rep * D; idx += kThreads) {
+      const int row = idx / D, ch = idx % D;
+      float M = -INFINITY;
+#pragma unroll
+      for (int w = 0; w < 4; ++w) M = fmaxf(M, wm[w * 16 + row]);
+      float sum = 0.f, acc = 0.f;
+      if (M != -INFINITY) {
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+          const float f = exp2f(wm[w * 16 + row] - M);
+          sum += f * wl[w * 16 + row];
+          acc += f * wo[(w * 16 + row) * D + ch];
+        }
+      }
+      const float val = sum > 0.f ? acc / sum : 0.f;
+      if (a.splits == 1) {
+        a.out[rowOff[row] + ch] = __float2half_rn(val);
+      } else {
+        const size_t pi = (static_cast<size_t>(b) * a.nh + h * a.rep + row) * a.splits + split;
+        a.ws_o[pi * D + ch] = val;
+        if (ch == 0) a.ws_lse[pi] = sum > 0.f ? M + log2f(sum) : -INFINITY;
+      }
+    }
+  }
+}
+
+// out[t_b, head] = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M), one CTA per (sequence, head).
+template <int D>
+__global__ void __launch_bounds__(kThreads)
+kv4MergeKernel(const float* __restrict__ ws_o, const float* __restrict__ ws_lse,
+               const int* __restrict__ seq_offsets, int nh, int splits, __half* __restrict__ out) {
+  const int bh = blockIdx.x, b = bh / nh, head = bh % nh;
+  const float* lse = ws_lse + static_cast<size_t>(bh) * splits;
+  float M = -INFINITY;
+  for (int s = 0; s < splits; ++s) M = fmaxf(M, lse[s]);
+  const size_t orow = (static_cast<size_t>(seq_offsets[b]) * nh + head) * D;
+  for (int ch = threadIdx.x; ch < D; ch += blockDim.x) {
+    float sum = 0.f, acc = 0.f;
+    if (M != -INFINITY) {
+      for (int s = 0; s < splits; ++s) {
+        const float f = exp2f(lse[s] - M);  // lse = -inf -> 0 (and its o is 0)
+        sum += f;
+        acc += f * ws_o[(static_cast<size_t>(bh) * splits + s) * D + ch];
+      }
+    }
+    out[orow + ch] = __float2half_rn(sum > 0.f ? acc / sum : 0.f);
+  }
+}
+
+// ---- launchers --------------------------------------------------------------------------------
+int checkLayout(const lowbitKv4Layout* L) {
+  if (!L) return LOWBIT_ERR_NULL_POINTER;
+  const int d = L->head_size;
+  if (L->num_heads <= 0 || L->num_kv_heads <= 0 || L->tokens_per_block <= 0 ||
+      L->num_blocks <= 0 || L->max_blocks_per_seq <= 0 || L->sliding_window < 0 ||
+      L->k_group_size <= 0 || L->v_group_size <= 0)
+    return LOWBIT_ERR_BAD_SHAPE;
+  if (d != 64 && d != 128) return LOWBIT_ERR_UNSUPPORTED;
+  if (L->num_heads % L->num_kv_heads) return LOWBIT_ERR_DIVISIBILITY;
+  for (int g : {L->k_group_size, L->v_group_size})
+    if (g % 8 || d % g) return LOWBIT_ERR_DIVISIBILITY;
+  const int tpb = L->tokens_per_block;
+  if (tpb < 8 || (tpb & (tpb - 1))) return LOWBIT_ERR_UNSUPPORTED;
+  if (static_cast<long long>(L->max_blocks_per_seq) * tpb > (1ll << 30)) return LOWBIT_ERR_BAD_SHAPE;
+  return LOWBIT_OK;
+}
+
+int paramsPerToken(const lowbitKv4Layout* L) {
+  return 2 * (L->head_size / L->k_group_size + L->head_size / L->v_group_size);
+}
+
+bool decodePath(int T, int B, const lowbitKv4Layout* L) {
+  return T == B && L->num_heads / L->num_kv_heads <= 16;
+}
+
+int decodeSplits(int B, const lowbitKv4Layout* L) {
+  const long long ctas = static_cast<long long>(B) * L->num_kv_heads;
+  const long long tiles =
+      (static_cast<long long>(L->max_blocks_per_seq) * L->tokens_per_block + kTile - 1) / kTile;
+  long long s = (kTargetCtas + ctas - 1) / ctas;
+  const long long cap = tiles / 2 > 1 ? tiles / 2 : 1;  // >= 2 tiles per split
+  if (s > cap) s = cap;
+  if (s > kMaxSplits) s = kMaxSplits;
+  return s < 1 ? 1 : static_cast<int>(s);
+}
+
+template <int D, bool DECODE>
+int launchAttention(const AttnArgs& a, int T, cudaStream_t stream) {
+  constexpr int QR = DECODE ? 16 : 64;
+  const int smem = Smem<D>::bytes(QR, a.P);
+  int st = allowDynamicSmem<kv4AttentionKernel<D, DECODE>>(smem);
+  if (st != LOWBIT_OK) return st;
+  dim3 grid;
+  if (DECODE) {
+    grid = dim3(a.splits, a.nkv, a.B);
+  } else {
+    const long long rows = (static_cast<long long>(T) * a.rep + QR - 1) / QR + a.B;
+    if (rows > 0x7fffffffLL) return LOWBIT_ERR_BAD_SHAPE;
+    grid = dim3(static_cast<unsigned>(rows), a.nkv, 1);
+  }
+  kv4AttentionKernel<D, DECODE><<<grid, kThreads, smem, stream>>>(a);
+  st = launchStatus();
+  if (st != LOWBIT_OK || !DECODE || a.splits == 1) return st;
+  kv4MergeKernel<D><<<a.B * a.nh, kThreads, 0, stream>>>(a.ws_o, a.ws_lse, a.seq_offsets, a.nh,
+                                                         a.splits, a.out);
+  return launchStatus();
+}
+
+size_t workspaceBytes(int T, int B, const lowbitKv4Layout* L, int* splits) {
+  *splits = 1;
+  if (!decodePath(T, B, L)) return 0;
+  *splits = decodeSplits(B, L);
+  if (*splits == 1) return 0;
+  const size_t n = static_cast<size_t>(B) * L->num_heads * *splits;
+  const size_t o = (n * L->head_size * sizeof(float) + 255) / 256 * 256;
+  return o + (n * sizeof(float) + 255) / 256 * 256;
+}
+
+}  // namespace
+}  // namespace lowbit
+
+using namespace lowbit;
+
+extern "C" int lowbit_kv4_rope_append(const void* qkv, const int* positions,
+                                      const int* seq_offsets, int T, int B,
+                                      const int* block_table, const float* inv_freq,
+                                      const lowbitKv4Layout* layout, void* codes, void* params,
+                                      void* q_out, void* stream) {
+  int st = checkLayout(layout);
+  if (st != LOWBIT_OK) return st;
+  if (T < 0 || B < 1) return LOWBIT_ERR_BAD_SHAPE;
+  if (T == 0) return LOWBIT_OK;
+  if (!qkv || !positions || !seq_offsets || !block_table || !inv_freq || !codes || !params ||
+      !q_out)
+    return LOWBIT_ERR_NULL_POINTER;
+  if (!aligned16(qkv) || !aligned16(codes) || !aligned16(params) || !aligned16(q_out))
+    return LOWBIT_ERR_MISALIGNED;
+  const int unitCtas = (layout->num_heads + 2 * layout->num_kv_heads + kAppendUnits - 1) /
+                       kAppendUnits;  // grid (T, unitCtas): a token's head units over CTAs
+  if (unitCtas > 65535) return LOWBIT_ERR_BAD_SHAPE;
+  const dim3 blocks(static_cast<unsigned>(T), static_cast<unsigned>(unitCtas));
+  auto s = static_cast<cudaStream_t>(stream);
+  auto* c = static_cast<uint8_t*>(codes);
+  auto* p = static_cast<__half*>(params);
+  auto* x = static_cast<const __half*>(qkv);
+  auto* q = static_cast<__half*>(q_out);
+  if (layout->head_size == 128)
+    kv4RopeAppendKernel<128><<<blocks, kThreads, 0, s>>>(
+        x, positions, seq_offsets, T, B, block_table, inv_freq, *layout, c, p, q);
+  else
+    kv4RopeAppendKernel<64><<<blocks, kThreads, 0, s>>>(
+        x, positions, seq_offsets, T, B, block_table, inv_freq, *layout, c, p, q);
+  return launchStatus();
+}
+
+extern "C" size_t lowbit_kv4_attention_workspace(int T, int B, const lowbitKv4Layout* layout) {
+  if (checkLayout(layout) != LOWBIT_OK || T < 0 || B < 1) return 0;
+  int splits;
+  return workspaceBytes(T, B, layout, &splits);
+}
+
+extern "C" int lowbit_kv4_attention(const void* q, const int* positions, const int* seq_offsets,
+                                    int T, int B, const int* block_table,
+                                    const lowbitKv4Layout* layout, const void* codes,
+                                    const void* params, void* out, void* workspace,
+                                    size_t workspace_bytes, void* stream) {
+  int st = checkLayout(layout);
+  if (st != LOWBIT_OK) return st;
+  if (T < 0 || B < 1) return LOWBIT_ERR_BAD_SHAPE;
+  if (T == 0) return LOWBIT_OK;
+  if (!q || !positions || !seq_offsets || !block_table || !codes || !params || !out)
+    return LOWBIT_ERR_NULL_POINTER;
+  if (!aligned16(q) || !aligned16(codes) || !aligned16(params) || !aligned16(out))
+    return LOWBIT_ERR_MISALIGNED;
+  if (static_cast<long long>(T) * layout->num_heads * layout->head_size > 0x7fffffffLL)
+    return LOWBIT_ERR_BAD_SHAPE;  // 32-bit row offsets
+  int splits;
+  const size_t need = workspaceBytes(T, B, layout, &splits);
+  if (need > 0 && (!workspace || workspace_bytes < need)) return LOWBIT_ERR_BAD_SHAPE;
+  if (need > 0 && !aligned16(workspace)) return LOWBIT_ERR_MISALIGNED;
+  AttnArgs a;
+  a.q = static_cast<const __half*>(q);
+  a.positions = positions;
+  a.seq_offsets = seq_offsets;
+  a.block_table = block_table;
+  a.codes = static_cast<const uint8_t*>(codes);
+  a.params = static_cast<const __half*>(params);
+  a.out = static_cast<__half*>(out);
+  const size_t n = static_cast<size_t>(B) * layout->num_heads * splits;
+  a.ws_o = static_cast<float*>(workspace);
+  a.ws_lse = need ? reinterpret_cast<float*>(static_cast<uint8_t*>(workspace) +
+                                             (n * layout->head_size * sizeof(float) + 255) / 256 *
+                                                 256)
+                  : nullptr;
+  a.B = B;
+  a.nh = layout->num_heads;
+  a.nkv = layout->num_kv_heads;
+  a.rep = a.nh / a.nkv;
+  a.tpb = layout->tokens_per_block;
+  a.gk = layout->k_group_size;
+  a.gv = layout->v_group_size;
+  a.P = paramsPerToken(layout);
+  a.window = layout->sliding_window;
+  a.NB = layout->num_blocks;
+  a.MB = layout->max_blocks_per_seq;
+  a.splits = splits;
+  a.scale_log2 = 1.4426950408889634f / sqrtf(static_cast<float>(layout->head_size));
+  auto s = static_cast<cudaStream_t>(stream);
+  const bool dec = decodePath(T, B, layout);
+  if (layout->head_size == 128)
+    return dec ? launchAttention<128, true>(a, T, s) : launchAttention<128, false>(a, T, s);
+  return dec ? launchAttention<64, true>(a, T, s) : launchAttention<64, false>(a, T, s);
+}

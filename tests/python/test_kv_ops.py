@@ -1,0 +1,195 @@
+"""INT4 KV-cache kernels (lowbit.ops.kv4_*) vs the torch reference lowbit.kvcache on the GPU.
+
+Outputs and untouched pool slots are poisoned first. Tolerances: rope_append is exact up to
+last-ulp differences of cos/sin (a rare code may move by one step); attention dequantizes K/V to
+fp16 and rounds P to fp16 before the PV product (plugins/kvAttention/README.md), so it is
+compared with a relative error bound: max |got - ref| <= 1e-2 * max |ref| (scores are made
+peaky with q ~ 3 N(0, 1), so outputs do not average out to ~0 at long contexts).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lowbit import kvcache as kv
+
+pytestmark = pytest.mark.gpu
+
+HEADS = [(32, 32, 128), (32, 8, 128), (9, 3, 64), (32, 32, 64)]  # (nh, nkv, d)
+CONTEXTS = [1, 17, 63, 64, 65, 1000, 4096]
+
+
+def _inv_freq(d: int, base: float = 10000.0) -> torch.Tensor:
+    return (1.0 / base ** (torch.arange(0, d, 2, dtype=torch.float32) / d)).cuda()
+
+
+def _pool(lay: kv.KvLayout, lens: list[int], cap: list[int] | None = None, layers: int = 2,
+          layer: int = 1, seed: int = 0):
+    """Random K/V at positions [0, lens[b]) of each sequence, packed into scattered blocks (enough
+    for cap[b] positions) of `layer`; every other byte of the pool is poison (0xFF codes, NaN
+    params). returns codes, params, block_table (unused entries -1)."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    tpb = lay.tokens_per_block
+    cap = cap or lens
+    nblk = [max(1, -(-n // tpb)) for n in cap]
+    nb = sum(nblk) + 3
+    codes = torch.full((layers, nb, 2, lay.num_kv_heads, tpb, lay.head_size // 2), 0xFF,
+                       dtype=torch.uint8, device="cuda")
+    params = torch.full((layers, nb, lay.num_kv_heads, tpb, lay.params_per_token), float("nan"),
+                        dtype=torch.float16, device="cuda")
+    perm = torch.randperm(nb, generator=g, device="cuda").tolist()
+    table = torch.full((len(lens), max(nblk) + 1), -1, dtype=torch.int32)
+    i = 0
+    for b, n in enumerate(lens):
+        blocks = perm[i:i + nblk[b]]
+        i += nblk[b]
+        table[b, :nblk[b]] = torch.tensor(blocks, dtype=torch.int32)
+        if n == 0:
+            continue
+        k = torch.randn(lay.num_kv_heads, n, lay.head_size, generator=g, device="cuda")
+        v = torch.randn(lay.num_kv_heads, n, lay.head_size, generator=g, device="cuda")
+        c, p = kv.pack_sequence(k.half().float(), v.half().float(), lay)
+        used = c.shape[0]
+        if n % tpb:  # slots past the end of the sequence stay poisoned
+            c[used - 1, :, :, n % tpb:] = 0xFF
+            p[used - 1, :, n % tpb:] = float("nan")
+        idx = torch.tensor(blocks[:used], device="cuda")
+        codes[layer][idx] = c
+        params[layer][idx] = p
+    return codes, params, table.cuda()
+
+
+def _rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    assert not torch.isnan(got).any(), "NaN in the kernel output (poison not overwritten?)"
+    return ((got.float() - ref.float()).abs().max() / ref.float().abs().max().clamp_min(1e-6)
+            ).item()
+
+
+def _decode_case(lay: kv.KvLayout, lens: list[int], seed: int = 0, tol: float = 1e-2):
+    from lowbit import ops
+
+    codes, params, table = _pool(lay, lens, seed=seed)
+    b = len(lens)
+    g = torch.Generator(device="cuda").manual_seed(seed + 1)
+    q = (torch.randn(b, lay.num_heads, lay.head_size, generator=g, device="cuda") * 3).half()
+    pos = torch.tensor([n - 1 for n in lens], dtype=torch.int32, device="cuda")
+    offs = torch.arange(b + 1, dtype=torch.int32, device="cuda")
+    out = torch.full((b, lay.num_heads * lay.head_size), float("nan"), dtype=torch.float16,
+                     device="cuda")
+    ops.kv4_attention(q, pos, offs, table, codes, params, 1, lay, out=out)
+    ref = kv.attention(q, pos, offs, table, codes, params, 1, lay)
+    for j in range(b):  # per sequence: short and long contexts have different magnitudes
+        err = _rel_err(out[j], ref[j])
+        assert err <= tol, f"sequence {j} (context {lens[j]}): relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("nh,nkv,d", HEADS)
+def test_decode_curated_contexts(cuda_lib, nh, nkv, d):
+    lay = kv.KvLayout(nh, nkv, d, 32, d)
+    _decode_case(lay, CONTEXTS)
+
+
+@pytest.mark.parametrize("nh,nkv,d", [(32, 8, 128), (9, 3, 64)])
+def test_decode_context_32768(cuda_lib, nh, nkv, d):
+    lay = kv.KvLayout(nh, nkv, d, d, d)
+    _decode_case(lay, [32768, 3])
+
+
+def test_decode_batch_128_mixed_lengths(cuda_lib):
+    g = torch.Generator().manual_seed(3)
+    lens = torch.randint(1, 700, (128,), generator=g).tolist()
+    _decode_case(kv.KvLayout(32, 8, 128, 32, 128), lens, seed=3)
+
+
+@pytest.mark.parametrize("tpb,gk,gv", [(16, 16, 64), (128, 8, 32), (8, 64, 64)])
+def test_decode_block_sizes_and_groups(cuda_lib, tpb, gk, gv):
+    _decode_case(kv.KvLayout(32, 8, 64, gk, gv, tokens_per_block=tpb), [1, 70, 300, 129])
+
+
+def test_decode_many_heads_per_kv_head_uses_prefill_path(cuda_lib):
+    _decode_case(kv.KvLayout(32, 1, 128, 32, 128), [5, 200, 1000])
+
+
+def _prefill_case(lay: kv.KvLayout, past: list[int], new: list[int], seed: int = 0,
+                  tol: float = 1e-2):
+    """rope_append + attention kernels vs the reference on copies of the same poisoned pool."""
+    from lowbit import ops
+
+    tot = [p + n for p, n in zip(past, new)]
+    codes, params, table = _pool(lay, past, cap=tot, seed=seed)
+    g = torch.Generator(device="cuda").manual_seed(seed + 7)
+    t = sum(new)
+    qkv = (torch.randn(t, lay.qkv_width, generator=g, device="cuda") * 2).half()
+    qkv[:, :lay.num_heads * lay.head_size] *= 1.5
+    pos = torch.cat([torch.arange(p, p + n) for p, n in zip(past, new)]).to(torch.int32).cuda()
+    offs = torch.tensor([0] + torch.tensor(new).cumsum(0).tolist(), dtype=torch.int32,
+                        device="cuda")
+    inv = _inv_freq(lay.head_size)
+    c_ref, p_ref = codes.clone(), params.clone()
+    q_ref = kv.rope_append(qkv, pos, offs, table, inv, c_ref, p_ref, 1, lay)
+    ref = kv.attention(q_ref, pos, offs, table, c_ref, p_ref, 1, lay)
+    q_out = torch.full_like(q_ref, float("nan"))
+    q = ops.kv4_rope_append(qkv, pos, offs, table, inv, codes, params, 1, lay, out=q_out)
+    # q: equal up to a last-ulp cos/sin difference
+    torch.testing.assert_close(q, q_ref, rtol=2e-3, atol=1e-3)
+    # cache: poison outside the written slots kept; codes equal but for rare one-step moves
+    diff = (codes.int() - c_ref.int()).abs()
+    lo_d, hi_d = diff & 0xF, diff >> 4
+    assert (codes != c_ref).float().mean().item() < 1e-3, "too many differing code bytes"
+    assert int(torch.maximum(lo_d, hi_d).max()) <= 1 or (codes != c_ref).sum() < 4
+    same_nan = torch.isnan(params) == torch.isnan(p_ref)
+    assert same_nan.all(), "param poison overwritten / slot not written"
+    torch.testing.assert_close(params[~torch.isnan(params)], p_ref[~torch.isnan(p_ref)],
+                               rtol=2e-3, atol=1e-4)
+    out = torch.full((t, lay.num_heads * lay.head_size), float("nan"), dtype=torch.float16,
+                     device="cuda")
+    ops.kv4_attention(q, pos, offs, table, codes, params, 1, lay, out=out)
+    for b in range(len(new)):
+        a, e = int(offs[b]), int(offs[b + 1])
+        if a == e:
+            continue
+        err = _rel_err(out[a:e], ref[a:e])
+        assert err <= tol, f"sequence {b} (past {past[b]}, new {new[b]}): relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("nh,nkv,d", HEADS)
+def test_prefill_chunks_over_quantized_past(cuda_lib, nh, nkv, d):
+    _prefill_case(kv.KvLayout(nh, nkv, d, 32, d), past=[0, 1000, 63, 64], new=[77, 65, 1, 17])
+
+
+def test_prefill_long_chunk_and_sliding_window(cuda_lib):
+    _prefill_case(kv.KvLayout(32, 8, 128, 32, 128), past=[0], new=[1000])
+    _prefill_case(kv.KvLayout(9, 3, 64, 16, 64, sliding_window=100), past=[0, 300],
+                  new=[257, 40])
+
+
+def test_decode_step_through_both_kernels_sliding_window(cuda_lib):
+    # T == B (one token each) through rope_append then the decode path, window 64
+    _prefill_case(kv.KvLayout(32, 8, 128, 32, 128, sliding_window=64), past=[0, 65, 1000],
+                  new=[1, 1, 1])
+    _prefill_case(kv.KvLayout(32, 8, 128, 128, 128, tokens_per_block=16), past=[5, 4095],
+                  new=[1, 1])
+
+
+def test_bad_inputs_raise(cuda_lib):
+    from lowbit import ops
+
+    lay = kv.KvLayout(8, 2, 96, 32, 96)
+    codes, params = kv.new_pool(lay, 1, 4, device="cuda")
+    z = torch.zeros(1, dtype=torch.int32, device="cuda")
+    offs = torch.tensor([0, 1], dtype=torch.int32, device="cuda")
+    table = torch.zeros(1, 2, dtype=torch.int32, device="cuda")
+    q = torch.zeros(1, 8, 96, dtype=torch.float16, device="cuda")
+    with pytest.raises(ValueError, match="head_size: the kernels support 64 and 128, found 96"):
+        ops.kv4_attention(q, z, offs, table, codes, params, 0, lay)
+    lay = kv.KvLayout(8, 2, 64, 32, 64)
+    codes, params = kv.new_pool(lay, 1, 4, device="cuda")
+    q = torch.zeros(1, 8, 64, dtype=torch.float16, device="cuda")
+    with pytest.raises(ValueError, match="positions: expected dtype torch.int32"):
+        ops.kv4_attention(q, z.long(), offs, table, codes, params, 0, lay)
+    with pytest.raises(ValueError, match=r"qkv: expected shape \(1, 768\), found \(1, 512\)"):
+        ops.kv4_rope_append(torch.zeros(1, 512, dtype=torch.float16, device="cuda"), z, offs,
+                            table, _inv_freq(64), codes, params, 0, lay)
+    with pytest.raises(ValueError, match="layer: expected 0 <= layer < 1, found 1"):
+        ops.kv4_attention(q, z, offs, table, codes, params, 1, lay)
