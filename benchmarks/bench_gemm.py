@@ -160,8 +160,11 @@ def run(out: Path, ms=MS, shapes=SHAPES) -> list[dict]:
     return rows
 
 
-SWEEP_W8 = ("large", "wgmma", "wgmma_n128", "wgmma_n64", "wgmma_n32")
+SWEEP_W8 = ("large", "wgmma", "wgmma_n128", "wgmma_n64", "wgmma_n32", "wgmma_sk",
+            "wgmma_sk64x2", "wgmma_sk64x3", "wgmma_sk64x4", "wgmma_sk32x2", "wgmma_sk32x3",
+            "wgmma_sk32x4", "auto")
 SWEEP_W4 = ("mid", "large", "wgmma", "wgmma_n128")  # W4A4 wgmma_n128 = ping-pong variant
+_SWEEP_W4_ON = True  # --no-w4: W8A8 columns only
 
 
 def _sweep_shape(m: int, k: int, n: int) -> dict:
@@ -186,7 +189,7 @@ def _sweep_shape(m: int, k: int, n: int) -> dict:
     a = (_i8((m, kn // 2), -128, 127), _sc((m, kn // GS)), _i8((m, KO)), _sc((m,)))
     w4s = [(_i8((n, kn // 2), -128, 127), packing.pack_w4a4_scales(_sc((n, kn // GS))),
             _i8((n, KO)), _sc((n,))) for _ in range(copies_for(n * kn // 2))]
-    for c in SWEEP_W4:
+    for c in (SWEEP_W4 if _SWEEP_W4_ON else ()):
         r["w4a4_" + c] = time_graph(
             [lambda w=w, c=c: ops.w4a4_gemm(*a, *w, GS, out=y, config=c) for w in w4s])
     del w4s
@@ -206,7 +209,8 @@ def sweep(ms=(32, 64, 128, 256, 512, 1024, 2048, 4096, 8192), shapes=SHAPES) -> 
             rows.append(r)
             f = 2.0 * m * n * k / 1e12
             cells = [f"{r[key] * 1e6:6.1f}/{f / r[key]:3.0f}" for key in
-                     [f"w8a8_{c}" for c in SWEEP_W8] + [f"w4a4_{c}" for c in SWEEP_W4]]
+                     [f"w8a8_{c}" for c in SWEEP_W8] + [f"w4a4_{c}" for c in SWEEP_W4]
+                     if key in r]
             print(f"{m:>5} {k:>5} {n:>5} | {fmt_us(r['fp16'])} {fmt_us(r['int_mm'])} | w8a8 "
                   + " ".join(cells[:len(SWEEP_W8)]) + " | w4a4 "
                   + " ".join(cells[len(SWEEP_W8):]), flush=True)
@@ -220,8 +224,11 @@ def main() -> None:
     p.add_argument("--sweep", action="store_true",
                    help="time every forced prefill configuration (us/TOPS per cell), then exit")
     p.add_argument("--ms", type=str, default="", help="comma-separated M list for --sweep")
+    p.add_argument("--no-w4", action="store_true", help="--sweep: W8A8 configurations only")
     args = p.parse_args()
     if args.sweep:
+        global _SWEEP_W4_ON
+        _SWEEP_W4_ON = not args.no_w4
         args.out.mkdir(parents=True, exist_ok=True)
         rows = sweep(tuple(int(v) for v in args.ms.split(","))) if args.ms else sweep()
         (args.out / "bench_gemm_sweep.json").write_text(json.dumps(rows, indent=1))

@@ -425,7 +425,14 @@ enum ConfigId {
   kCfgWgmma = 7,
   kCfgWgmmaN128 = 8,  // W8A8 128x128 tile; W4A4: the ping-pong variant (slower, never auto)
   kCfgWgmmaN64 = 9,   // W8A8 128x64 tile (small M); W4A4: unsupported
-  kCfgWgmmaN32 = 10   // W8A8 128x32 tile (small M); W4A4: unsupported
+  kCfgWgmmaN32 = 10,  // W8A8 128x32 tile (small M); W4A4: unsupported
+  // W8A8 only (W4A4: unsupported): split-K over thread-block clusters (wgmmaCore.cuh,
+  // w8a8WgmmaSplitKernel), for weight-streaming small M. 11: tile width and split by
+  // pickW8a8Split, S <= 2 (may take S = 1, a plain kernel); never auto; 12/13/14: 128x64 tile,
+  // S = 2/3/4; 15/16/17: 128x32 tile, S = 2/3/4.
+  kCfgWgmmaSplit = 11,
+  kCfgWgmmaSk64x2 = 12, kCfgWgmmaSk64x3 = 13, kCfgWgmmaSk64x4 = 14,
+  kCfgWgmmaSk32x2 = 15, kCfgWgmmaSk32x3 = 16, kCfgWgmmaSk32x4 = 17
 };
 
 
@@ -461,7 +468,14 @@ namespace igemm {
 // W8A8 wgmma tile width, from the H100 sweep (benchmarks/bench_gemm.py --sweep, NOTES.md log 9):
 // one M-tile streams weights best with 128-wide tiles when N is large (>= 64 CTAs), else 64/32;
 // M <= 512 wants many CTAs (64); from M ~ 1024 the widest tile that still fills 60% of the SMs.
-inline int pickW8a8WgmmaConfig(int M, int N) {
+// M <= 64 (one M-tile, A box of 32/64 rows): the plain tile width of least modelled time
+// (pickW8a8Split with S = 1: the cluster split-K kernels measured no faster, NOTES log 10).
+inline int pickW8a8WgmmaConfig(int M, int N, int K) {
+  if (M <= 64) {
+    int bn = 128, s = 1;
+    wg::pickW8a8Split(M, N, K, 1, &bn, &s);
+    return bn == 128 ? kCfgWgmmaN128 : bn == 64 ? kCfgWgmmaN64 : kCfgWgmmaN32;
+  }
   if (M <= 128) return N >= 8192 ? kCfgWgmmaN128 : (M <= 64 ? kCfgWgmmaN64 : kCfgWgmmaN32);
   if (M <= 512) return kCfgWgmmaN64;
   const long tiles256 = (long)((M + 127) / 128) * ((N + 255) / 256);
@@ -470,11 +484,11 @@ inline int pickW8a8WgmmaConfig(int M, int N) {
 
 // Gemv kernel for M <= 16 (tiled decode for G = 64; gemv falls back to skinny where it does not
 // fit); the 128 x 128 tile once it yields at least two waves; else 64 x 64.
-inline int pickConfig(int M, int N, int mode) {
+inline int pickConfig(int M, int N, int K, int mode) {
   if (M <= 16) return mode == kW4A4G64 ? kCfgDecode : kCfgGemv;
   // wgmma (sm_90a) beats every mma.sync tile for W8A8 from M = 32 and for W4A4 from M ~ 512
   if (mode != kW4A4G64 && M >= (mode == kW8A8 ? 32 : 512) && wg::wgmmaAvailable())
-    return mode == kW8A8 ? pickW8a8WgmmaConfig(M, N) : kCfgWgmma;
+    return mode == kW8A8 ? pickW8a8WgmmaConfig(M, N, K) : kCfgWgmma;
   const long tiles = (long)((M + 127) / 128) * ((N + 127) / 128);
   return tiles >= 2L * multiprocessorCount() ? kCfgLarge : kCfgMid;
 }
@@ -493,7 +507,7 @@ inline int launchConfig(const Problem& p, cudaStream_t stream) {
 template <int MODE>
 inline int dispatch(const Problem& p, int config, cudaStream_t stream) {
   const bool autoPick = config == kCfgAuto;
-  if (autoPick) config = pickConfig(p.M, p.N, MODE);
+  if (autoPick) config = pickConfig(p.M, p.N, p.K8, MODE);
   switch (config) {
     case kCfgGemv:
     case kCfgGemvK16:
@@ -512,6 +526,33 @@ inline int dispatch(const Problem& p, int config, cudaStream_t stream) {
     case kCfgLarge:
       if constexpr (MODE == kW8A8) return launchConfig<CfgLarge8, MODE>(p, stream);
       else return launchConfig<CfgLarge, MODE>(p, stream);
+    case kCfgWgmmaSplit:
+    case kCfgWgmmaSk64x2:
+    case kCfgWgmmaSk64x3:
+    case kCfgWgmmaSk64x4:
+    case kCfgWgmmaSk32x2:
+    case kCfgWgmmaSk32x3:
+    case kCfgWgmmaSk32x4:
+      if (!wg::wgmmaAvailable()) return LOWBIT_ERR_UNSUPPORTED;
+      if constexpr (MODE == kW8A8) {
+        int bn = 64, s = 2;
+        if (config == kCfgWgmmaSplit) {
+          wg::pickW8a8Split(p.M, p.N, p.K8, 2, &bn, &s);
+          if (s == 1)
+            return bn == 128  ? wg::launchW8a8<128>(p, stream)
+                   : bn == 64 ? wg::launchW8a8<64>(p, stream)
+                              : wg::launchW8a8<32>(p, stream);
+        } else {
+          bn = config <= kCfgWgmmaSk64x4 ? 64 : 32;
+          s = 2 + (config - (bn == 64 ? kCfgWgmmaSk64x2 : kCfgWgmmaSk32x2));
+        }
+        const int st = bn == 64 ? wg::launchW8a8Split<64>(p, s, stream)
+                                : wg::launchW8a8Split<32>(p, s, stream);
+        if (st == LOWBIT_ERR_UNSUPPORTED && autoPick) return wg::launchW8a8<64>(p, stream);
+        return st;
+      } else {
+        return LOWBIT_ERR_UNSUPPORTED;
+      }
     case kCfgWgmma:
     case kCfgWgmmaN128:
     case kCfgWgmmaN64:

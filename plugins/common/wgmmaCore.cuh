@@ -70,6 +70,8 @@ struct W8Args {
   const float* ws;  // fp32 [N]
   __half* y;        // fp16 [M, N]
   int M, N, kBlocks, xsStride, tilesM, tilesN;
+  int aRows;  // rows of the A box TMA loads per stage: 128, or 32 / 64 when M fits (one M-tile;
+              // the rest of the 128-row A stage is left stale: those rows are never stored)
 };
 
 // Explicit tile configurations: 128 x BN output tile, 128 bytes of K per stage.
@@ -128,7 +130,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         for (int kb = 0; kb < p.kBlocks; ++kb) {
           mbarWait(emptyBar + 8 * stage, phase ^ 1);
           const uint32_t fb = fullBar + 8 * stage;
-          mbarExpectTx(fb, C::kStageBytes);
+          mbarExpectTx(fb, p.aRows * C::BK + C::kBBytes);
           const uint32_t sA = sbase + stage * C::kStageBytes;
           tmaLoad2d(sA, &tmA, kb * C::BK, mt * C::BM, fb);
           tmaLoad2d(sA + C::kABytes, &tmB, kb * C::BK, nt * BN, fb);
@@ -189,6 +191,182 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
       }
     }
+  }
+#endif
+}
+
+// ---- W8A8 split-K over a thread-block cluster (small M: weight streaming) --------------------
+// w8a8WgmmaSplitKernel<BN>: same tile, ring and wgmma as w8a8WgmmaKernel, launched in clusters of
+// S = 2..4 CTAs (cluster dims at launch). Cluster c takes tiles c, c + nClusters, ...; CTA rank r
+// of the cluster runs k-blocks [r KB / S, (r + 1) KB / S) of each, so S SMs stream disjoint parts
+// of the same weight rows. Reduction through distributed shared memory, exact (int32):
+//   each CTA stores its int32 partials in its own buffer [consumer][acc index][thread], arrives on
+//   every peer's `ready` mbarrier (release.cluster), waits for its own (acquire.cluster), then
+//   sums, for its 1/S share of the 8-column groups, its registers + the peers' buffers
+//   (ld.shared::cluster) and writes those columns; then arrives on every peer's `free` mbarrier.
+//   A CTA waits for `free` before rewriting its buffer (next tile) and before exiting.
+// A consumer whose 64 rows lie past M skips the buffer traffic and the epilogue.
+// Shared memory: BN = 64: 6 stages x 24 KiB + 64 KiB buffer; BN = 32: 8 x 20 KiB + 32 KiB.
+template <int BN>
+struct W8SplitCfg {
+  static constexpr int BM = 128, BK = 128;
+  static constexpr int STAGES = BN == 64 ? 6 : 8;
+  static constexpr int kABytes = BM * BK, kBBytes = BN * BK;
+  static constexpr int kStageBytes = kABytes + kBBytes;
+  static constexpr int kRedBytes = 2 * (BN / 2) * 128 * 4;
+  static constexpr int kSmemBytes = STAGES * kStageBytes + kRedBytes + 1024 + 256;
+  static_assert(BN == 64 || BN == 32, "split-K tiles: 128 x 64 or 128 x 32");
+};
+
+template <int BN>
+__global__ void __launch_bounds__(kThreads, 1)
+    w8a8WgmmaSplitKernel(const __grid_constant__ CUtensorMap tmA,
+                         const __grid_constant__ CUtensorMap tmB, const W8Args p) {
+#if defined(LOWBIT_WGMMA_OK)
+  using C = W8SplitCfg<BN>;
+  extern __shared__ uint8_t smemRaw[];
+  uint8_t* smem = align1024(smemRaw);
+  const uint32_t sbase = smem32(smem);
+  const uint32_t redBuf = sbase + C::STAGES * C::kStageBytes;
+  const uint32_t fullBar = redBuf + C::kRedBytes;
+  const uint32_t emptyBar = fullBar + 8 * C::STAGES;
+  const uint32_t readyBar = emptyBar + 8 * C::STAGES;
+  const uint32_t freeBar = readyBar + 8;
+  const int wgi = threadIdx.x / 128;
+  const int tiles = p.tilesM * p.tilesN;
+  const int S = static_cast<int>(clusterNumCtas());
+  const int rank = static_cast<int>(clusterCtaRank());
+  const int cid = static_cast<int>(clusterIdX()), ncl = static_cast<int>(numClustersX());
+  const int kbBeg = static_cast<int>((long)rank * p.kBlocks / S);
+  const int kbEnd = static_cast<int>((long)(rank + 1) * p.kBlocks / S);
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < C::STAGES; ++s) {
+      mbarInit(fullBar + 8 * s, 1);
+      mbarInit(emptyBar + 8 * s, 2);
+    }
+    mbarInit(readyBar, S - 1 > 0 ? S - 1 : 1);
+    mbarInit(freeBar, S - 1 > 0 ? S - 1 : 1);
+    fenceBarrierInit();
+  }
+  clusterSync();  // barriers initialized cluster-wide before any remote arrival
+
+  if (wgi == 0) {  // ---------------- producer ----------------
+    setMaxRegsDec<40>();
+    if (threadIdx.x == 0) {
+      tmaPrefetchDesc(&tmA);
+      tmaPrefetchDesc(&tmB);
+      int stage = 0;
+      uint32_t phase = 0;
+      for (int tile = cid; tile < tiles; tile += ncl) {
+        int mt, nt;
+        tileCoords(tile, p.tilesM, p.tilesN, mt, nt);
+        for (int kb = kbBeg; kb < kbEnd; ++kb) {
+          mbarWait(emptyBar + 8 * stage, phase ^ 1);
+          const uint32_t fb = fullBar + 8 * stage;
+          mbarExpectTx(fb, p.aRows * C::BK + C::kBBytes);
+          const uint32_t sA = sbase + stage * C::kStageBytes;
+          tmaLoad2d(sA, &tmA, kb * C::BK, mt * C::BM, fb);
+          tmaLoad2d(sA + C::kABytes, &tmB, kb * C::BK, nt * BN, fb);
+          if (++stage == C::STAGES) { stage = 0; phase ^= 1; }
+        }
+      }
+    }
+  } else {  // ---------------- consumers ----------------
+    setMaxRegsInc<232>();
+    const int cw = wgi - 1, tid = threadIdx.x & 127;
+    const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    constexpr int J = BN / 8;  // 8-column groups of the tile
+    const int jBeg = rank * J / S, jEnd = (rank + 1) * J / S;
+    int stage = 0;
+    uint32_t phase = 0;
+    int acc[BN / 2];
+    int it = 0;
+    for (int tile = cid; tile < tiles; tile += ncl, ++it) {
+      int mt, nt;
+      tileCoords(tile, p.tilesM, p.tilesN, mt, nt);
+      const bool live = mt * C::BM + cw * 64 < p.M;  // warpgroup-uniform
+#pragma unroll
+      for (int i = 0; i < BN / 2; ++i) acc[i] = 0;
+      int prev = 0;
+      for (int kb = kbBeg; kb < kbEnd; ++kb) {
+        mbarWait(fullBar + 8 * stage, phase);
+        {  // (dead halves run their wgmmas too: a branch around them serializes wgmma, C7518)
+          const uint32_t sA = sbase + stage * C::kStageBytes + cw * 64 * C::BK;
+          const uint32_t sB = sbase + stage * C::kStageBytes + C::kABytes;
+          const uint64_t da = makeDesc(sA, kSw128, 1024), db = makeDesc(sB, kSw128, 1024);
+          wgFence();
+#pragma unroll
+          for (int kk = 0; kk < C::BK / 32; ++kk) wgmmaSSN<BN>(acc, da + 2 * kk, db + 2 * kk, 1);
+          wgCommit();
+          wgWait<1>();
+          fenceRegs(acc);
+        }
+        if (kb > kbBeg && tid == 0) mbarArrive(emptyBar + 8 * prev);
+        prev = stage;
+        if (++stage == C::STAGES) { stage = 0; phase ^= 1; }
+      }
+      if (kbEnd > kbBeg) {
+        wgWait<0>();
+        fenceRegs(acc);
+        if (tid == 0) mbarArrive(emptyBar + 8 * prev);
+      }
+
+      const int r0 = mt * C::BM + cw * 64 + warp * 16 + g, r1 = r0 + 8;
+      int j0 = 0, j1 = J;
+      if (S > 1) {
+        if (it > 0) mbarWaitCluster(freeBar, (it - 1) & 1);  // peers done with my last buffer
+        const uint32_t mine = redBuf + (cw * (BN / 2) * 128 + tid) * 4;
+        if (live) {
+#pragma unroll
+          for (int i = 0; i < BN / 2; ++i)
+            asm volatile("st.shared.s32 [%0], %1;\n" ::"r"(mine + i * 512), "r"(acc[i]) : "memory");
+        }
+        namedBarrier(1, 256);
+        if (threadIdx.x == 128)
+          for (int q = 0; q < S; ++q)
+            if (q != rank) mbarArriveRemote(mapaShared(readyBar, q));
+        mbarWaitCluster(readyBar, it & 1);  // every peer's partials are in its buffer
+        if (live) {
+          for (int q = 0; q < S; ++q) {
+            if (q == rank) continue;
+            const uint32_t rb = mapaShared(mine, q);
+#pragma unroll
+            for (int j = 0; j < J; ++j)
+              if (j >= jBeg && j < jEnd)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) acc[4 * j + e] += ldSharedCluster(rb + (4 * j + e) * 512);
+          }
+        }
+        namedBarrier(1, 256);
+        if (threadIdx.x == 128)
+          for (int q = 0; q < S; ++q)
+            if (q != rank) mbarArriveRemote(mapaShared(freeBar, q));
+        j0 = jBeg;
+        j1 = jEnd;
+      }
+      if (live) {
+        const float* xsp = static_cast<const float*>(p.xs);
+        const float xs0 = xsp[min(r0, p.M - 1) * p.xsStride];
+        const float xs1 = xsp[min(r1, p.M - 1) * p.xsStride];
+#pragma unroll
+        for (int j = 0; j < J; ++j) {
+          const int col = nt * BN + j * 8 + 2 * t;
+          if (j >= j0 && j < j1 && col < p.N) {
+            const float w0 = __ldg(p.ws + col), w1 = __ldg(p.ws + col + 1);
+            if (r0 < p.M)
+              *reinterpret_cast<__half2*>(p.y + (size_t)r0 * p.N + col) =
+                  __floats2half2_rn(static_cast<float>(acc[4 * j]) * xs0 * w0,
+                                    static_cast<float>(acc[4 * j + 1]) * xs0 * w1);
+            if (r1 < p.M)
+              *reinterpret_cast<__half2*>(p.y + (size_t)r1 * p.N + col) =
+                  __floats2half2_rn(static_cast<float>(acc[4 * j + 2]) * xs1 * w0,
+                                    static_cast<float>(acc[4 * j + 3]) * xs1 * w1);
+          }
+        }
+      }
+    }
+    // peers may still read my buffer of the last tile: stay until they are done
+    if (S > 1 && it > 0) mbarWaitCluster(freeBar, (it - 1) & 1);
   }
 #endif
 }
@@ -499,23 +677,120 @@ inline bool wgmmaAvailable() {
   return c == 1;
 }
 
+// A box rows of the W8A8 kernels: a single M-tile loads only 32 / 64 rows (TMA counts the zero
+// fill of rows past M as transferred bytes: a 128-row box at M = 32 was 3/4 padding).
+inline int w8aRows(int M) { return M <= 32 ? 32 : M <= 64 ? 64 : 128; }
+
 template <int BN>
 inline int launchW8a8(const igemm::Problem& p, cudaStream_t stream) {
   using C = W8Cfg<BN>;
   CUtensorMap ta, tb;
-  if (!makeMap(&ta, p.a8, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.K8, p.M, C::BK, C::BM,
+  if (!makeMap(&ta, p.a8, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.K8, p.M, C::BK, w8aRows(p.M),
                CU_TENSOR_MAP_SWIZZLE_128B) ||
       !makeMap(&tb, p.b8, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.K8, p.N, C::BK, BN,
                CU_TENSOR_MAP_SWIZZLE_128B))
     return LOWBIT_ERR_UNSUPPORTED;
   W8Args a{p.as8, static_cast<const float*>(p.bs8), p.y, p.M, p.N, (p.K8 + C::BK - 1) / C::BK,
-           p.as8Stride, (p.M + C::BM - 1) / C::BM, (p.N + BN - 1) / BN};
+           p.as8Stride, (p.M + C::BM - 1) / C::BM, (p.N + BN - 1) / BN, w8aRows(p.M)};
   const int st = allowDynamicSmem<w8a8WgmmaKernel<BN>>(C::kSmemBytes);
   if (st != LOWBIT_OK) return st;
   const int tiles = a.tilesM * a.tilesN;
   const int grid = tiles < igemm::multiprocessorCount() ? tiles : igemm::multiprocessorCount();
   w8a8WgmmaKernel<BN><<<grid, kThreads, C::kSmemBytes, stream>>>(ta, tb, a);
   return launchStatus();
+}
+
+// Co-resident clusters of S CTAs of the split-K kernel (occupancy query, cached per device).
+template <int BN>
+inline int maxActiveClusters(int S) {
+  static int cached[64][5] = {};
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return 0;
+  int& c = cached[dev & 63][S];
+  if (c == 0) {
+    using C = W8SplitCfg<BN>;
+    if (allowDynamicSmem<w8a8WgmmaSplitKernel<BN>>(C::kSmemBytes) != LOWBIT_OK) return 0;
+    cudaLaunchConfig_t cfg{};
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = S;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.gridDim = dim3(S * igemm::multiprocessorCount());
+    cfg.blockDim = dim3(kThreads);
+    cfg.dynamicSmemBytes = C::kSmemBytes;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    int n = 0;
+    if (cudaOccupancyMaxActiveClusters(&n, w8a8WgmmaSplitKernel<BN>, &cfg) != cudaSuccess || n <= 0) {
+      cudaGetLastError();
+      n = -1;
+    }
+    c = n;
+  }
+  return c > 0 ? c : 0;
+}
+
+// Split-K launch: clusters of S CTAs (2..4), persistent over min(tiles, co-resident clusters).
+template <int BN>
+inline int launchW8a8Split(const igemm::Problem& p, int S, cudaStream_t stream) {
+  using C = W8SplitCfg<BN>;
+  if (S < 2 || S > 4) return LOWBIT_ERR_UNSUPPORTED;
+  CUtensorMap ta, tb;
+  if (!makeMap(&ta, p.a8, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.K8, p.M, C::BK, w8aRows(p.M),
+               CU_TENSOR_MAP_SWIZZLE_128B) ||
+      !makeMap(&tb, p.b8, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.K8, p.N, C::BK, BN,
+               CU_TENSOR_MAP_SWIZZLE_128B))
+    return LOWBIT_ERR_UNSUPPORTED;
+  W8Args a{p.as8, static_cast<const float*>(p.bs8), p.y, p.M, p.N, (p.K8 + C::BK - 1) / C::BK,
+           p.as8Stride, (p.M + C::BM - 1) / C::BM, (p.N + BN - 1) / BN, w8aRows(p.M)};
+  const int st = allowDynamicSmem<w8a8WgmmaSplitKernel<BN>>(C::kSmemBytes);
+  if (st != LOWBIT_OK) return st;
+  const int maxCl = maxActiveClusters<BN>(S);
+  if (maxCl <= 0) return LOWBIT_ERR_UNSUPPORTED;
+  const int tiles = a.tilesM * a.tilesN;
+  const int ncl = tiles < maxCl ? tiles : maxCl;
+  cudaLaunchConfig_t cfg{};
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = S;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.gridDim = dim3(ncl * S);
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = C::kSmemBytes;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  const cudaError_t e = cudaLaunchKernelEx(&cfg, w8a8WgmmaSplitKernel<BN>, ta, tb, a);
+  return e == cudaSuccess ? launchStatus() : cudaStatus(e);
+}
+
+// Small-M (weight-streaming) choice among 128 x 128 (S = 1) / 128 x 64 / 128 x 32 tiles, split
+// S = 1..maxSplit: the time of
+// the busiest CTA in k-block units, rounds x (k-blocks x (BN + 16) [+ reduction]), the + 16
+// standing for the per-k-block A box (w8aRows). *bn = 128, 64 or 32, *split = 1..4.
+inline void pickW8a8Split(int M, int N, int K, int maxSplit, int* bn, int* split) {
+  const int kb = (K + 127) / 128, tm = (M + 127) / 128, ar = w8aRows(M);
+  long best = -1;
+  *bn = 64;
+  *split = 1;
+  for (int b : {128, 64, 32}) {
+    for (int s = 1; s <= (b == 128 ? 1 : maxSplit); ++s) {  // S = 3/4 measured slower (log 10)
+      const int tiles = tm * ((N + b - 1) / b);
+      const int slots = s == 1 ? igemm::multiprocessorCount()
+                               : (b == 64 ? maxActiveClusters<64>(s) : maxActiveClusters<32>(s));
+      if (slots <= 0) continue;
+      const long rounds = (tiles + slots - 1) / slots;
+      const long per = (long)((kb + s - 1) / s) * (b + ar) + (s > 1 ? 2L * (b + ar) : 0);
+      const long cost = rounds * per;
+      if (best < 0 || cost < best) {
+        best = cost;
+        *bn = b;
+        *split = s;
+      }
+    }
+  }
 }
 
 // W4A4 needs G = 128 and a 16-byte aligned ws4t (TMA global addresses).

@@ -64,6 +64,76 @@ __device__ __forceinline__ void mbarExpectTx(uint32_t bar, uint32_t bytes) {
 #endif
 }
 
+// ---- thread-block clusters (split-K reduction through distributed shared memory) -----------
+__device__ __forceinline__ uint32_t clusterCtaRank() {
+  uint32_t r = 0;
+#if defined(LOWBIT_WGMMA_OK)
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+#endif
+  return r;
+}
+__device__ __forceinline__ uint32_t clusterNumCtas() {
+  uint32_t r = 1;
+#if defined(LOWBIT_WGMMA_OK)
+  asm volatile("mov.u32 %0, %%cluster_nctarank;\n" : "=r"(r));
+#endif
+  return r;
+}
+__device__ __forceinline__ uint32_t clusterIdX() {
+  uint32_t r = 0;
+#if defined(LOWBIT_WGMMA_OK)
+  asm volatile("mov.u32 %0, %%clusterid.x;\n" : "=r"(r));
+#endif
+  return r;
+}
+__device__ __forceinline__ uint32_t numClustersX() {
+  uint32_t r = 1;
+#if defined(LOWBIT_WGMMA_OK)
+  asm volatile("mov.u32 %0, %%nclusterid.x;\n" : "=r"(r));
+#endif
+  return r;
+}
+// All threads of all CTAs of the cluster (every thread must still be running).
+__device__ __forceinline__ void clusterSync() {
+#if defined(LOWBIT_WGMMA_OK)
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n"
+               ::: "memory");
+#endif
+}
+// Shared::cta address -> shared::cluster address of the same variable in CTA `rank`.
+__device__ __forceinline__ uint32_t mapaShared(uint32_t addr, uint32_t rank) {
+  uint32_t r = addr;
+#if defined(LOWBIT_WGMMA_OK)
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(addr), "r"(rank));
+#endif
+  return r;
+}
+__device__ __forceinline__ int ldSharedCluster(uint32_t addr) {
+  int v = 0;
+#if defined(LOWBIT_WGMMA_OK)
+  asm volatile("ld.shared::cluster.s32 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
+#endif
+  return v;
+}
+// Arrive (release, cluster scope) on an mbarrier of another CTA (shared::cluster address).
+__device__ __forceinline__ void mbarArriveRemote(uint32_t clusterBar) {
+#if defined(LOWBIT_WGMMA_OK)
+  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(clusterBar)
+               : "memory");
+#endif
+}
+// mbarWait with acquire at cluster scope (pairs with mbarArriveRemote).
+__device__ __forceinline__ void mbarWaitCluster(uint32_t bar, uint32_t parity) {
+#if defined(LOWBIT_WGMMA_OK)
+  asm volatile(
+      "{\n.reg .pred P1;\nLAB_WAITC:\n"
+      "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 P1, [%0], %1;\n"
+      "@P1 bra DONEC;\nbra LAB_WAITC;\nDONEC:\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+#endif
+}
+
 // ---- TMA: 2-D tile global -> shared, completion counted in bytes on an mbarrier ----------------
 // c0 = innermost coordinate (elements along the contiguous dimension), c1 = row.
 __device__ __forceinline__ void tmaLoad2d(uint32_t dst, const CUtensorMap* map, int c0, int c1,

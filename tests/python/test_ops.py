@@ -182,6 +182,21 @@ W8A8_CASES = [  # (M, K, N, static x scale, config)
     (64, 4096, 4096, False, "wgmma_n32"),
     (17, 576, 1536, False, "wgmma_n32"),
     (1000, 1040, 1032, False, "wgmma_n32"),
+    # split-K over thread-block clusters (DSMEM reduction): ragged M (one or both consumer
+    # halves live, several M-tiles), N not a multiple of the tile, K with fewer k-blocks than
+    # CTAs in the cluster (K = 144: 2 k-blocks over S = 3/4), several tiles per cluster
+    (32, 4096, 11008, False, "wgmma_sk"),
+    (64, 11008, 4096, True, "wgmma_sk"),
+    (33, 4096, 4096, False, "auto"),
+    (64, 4096, 4096, False, "auto"),
+    (5, 1040, 1032, False, "wgmma_sk64x2"),
+    (100, 1040, 1032, False, "wgmma_sk64x3"),
+    (300, 4112, 4104, False, "wgmma_sk64x4"),
+    (64, 144, 1032, True, "wgmma_sk64x4"),
+    (17, 4096, 4096, False, "wgmma_sk32x2"),
+    (129, 1040, 1032, True, "wgmma_sk32x3"),
+    (64, 144, 576, False, "wgmma_sk32x3"),
+    (64, 11008, 4096, False, "wgmma_sk32x4"),
 ]
 
 
