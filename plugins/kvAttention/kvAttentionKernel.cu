@@ -30,7 +30,8 @@
 //   S = Q K^T, online softmax in fp32 (base 2: s * log2(e)/sqrt(d)), O += fp16(P) V.
 //   Query rows are (token, head of the GQA group) pairs, so each KV tile is read once for all
 //   heads sharing it.
-//   DECODE (T == B, nh/nkv <= 16): a CTA = (split, kv head, sequence); rows = the nh/nkv heads of
+//   DECODE (T == B, nh/nkv <= 16), the smem path for short contexts (decodeRegPath false; else
+//     kv4DecodeKernel below): a CTA = (split, kv head, sequence); rows = the nh/nkv heads of
 //     the group (padded to 16); the 4 warps take 16 tokens each of every tile and merge their
 //     (max, sum, O) in shared memory; the sequence's tiles are split evenly over `splits` CTAs
 //     (flash-decoding), whose partials (o = O / l, lse = m + log2 l) go to the workspace and are
@@ -46,6 +47,7 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <type_traits>
 
 #include "common/cudaCheck.h"
 
@@ -54,7 +56,6 @@ namespace {
 
 constexpr int kTile = 64;       // KV tokens per pipeline stage
 constexpr int kThreads = 128;   // 4 warps per CTA (both kernels)
-constexpr int kTargetCtas = 1584;  // decode: aim for ~12 CTAs per SM of a 132-SM H100 (waves)
 constexpr int kMaxSplits = 256;
 constexpr int kAppendUnits = 16;   // head units per append CTA (4 per warp): T * U / 16 CTAs
 
@@ -135,8 +136,18 @@ __device__ __forceinline__ uint4 dequant8(uint32_t w, __half2 s, __half2 z) {
 
 // ---- RoPE + quantize-append -------------------------------------------------------------------
 // One (token, head unit) of kv4RopeAppendKernel, one warp.
+// The lane's D/32 fp16 inputs of head unit u of token t, as raw bits (loaded ahead of use).
 template <int D>
-__device__ __forceinline__ void kv4AppendUnit(const __half* __restrict__ qkv, int t, int u,
+using AppendRaw = typename std::conditional<D == 128, uint2, uint32_t>::type;
+template <int D>
+__device__ __forceinline__ AppendRaw<D> kv4AppendLoad(const __half* __restrict__ qkv, int t,
+                                                      int u, int lane, int U) {
+  const __half* src = qkv + (static_cast<size_t>(t) * U + u) * D + lane * (D / 32);
+  return __ldg(reinterpret_cast<const AppendRaw<D>*>(src));
+}
+
+template <int D>
+__device__ __forceinline__ void kv4AppendUnit(AppendRaw<D> raw, int t, int u,
                                               int lane, int pos, int b, const float* sCos,
                                               const float* sSin, const lowbitKv4Layout& L,
                                               const int* __restrict__ block_table,
@@ -144,19 +155,12 @@ __device__ __forceinline__ void kv4AppendUnit(const __half* __restrict__ qkv, in
                                               __half* __restrict__ params,
                                               __half* __restrict__ q_out) {
   constexpr int C = D / 32;
-  const int nh = L.num_heads, nkv = L.num_kv_heads, U = nh + 2 * nkv;
-  const __half* src = qkv + (static_cast<size_t>(t) * U + u) * D + lane * C;
+  const int nh = L.num_heads, nkv = L.num_kv_heads;
   float x[C];
-  if constexpr (C == 4) {
-    uint2 v = *reinterpret_cast<const uint2*>(src);
-    const __half* e = reinterpret_cast<const __half*>(&v);
+  {
+    const __half* e = reinterpret_cast<const __half*>(&raw);
 #pragma unroll
-    for (int i = 0; i < 4; ++i) x[i] = __half2float(e[i]);
-  } else {
-    uint32_t v = *reinterpret_cast<const uint32_t*>(src);
-    const __half* e = reinterpret_cast<const __half*>(&v);
-#pragma unroll
-    for (int i = 0; i < 2; ++i) x[i] = __half2float(e[i]);
+    for (int i = 0; i < C; ++i) x[i] = __half2float(e[i]);
   }
   if (u < nh + nkv) {  // q or k: RoPE
     const int jb = (lane & 15) * C;
@@ -198,12 +202,31 @@ __device__ __forceinline__ void kv4AppendUnit(const __half* __restrict__ qkv, in
   const __half sh = __float2half_rn(__fdiv_rn(__fsub_rn(mx, mn), 15.f));
   const __half zh = __float2half_rn(mn);
   const float s = __half2float(sh), z = __half2float(zh);
+  // code = clamp(rint((x - z) / s), 0, 15) with IEEE division, computed as (x - z) * rcp(s)
+  // rounded by adding 1.5 * 2^23 (the quant8 trick of plugins/quantize): the product is within
+  // 2.5 ulp of the quotient (<= 4.7e-6 for |t| <= 15.5, beyond which the clamp decides), so only
+  // a t within 4e-5 of a half-integer can round differently: then the exact division is redone.
   uint32_t packed = 0;
+  if (s > 0.f) {
+    constexpr float kRound = 12582912.0f;  // 1.5 * 2^23
+    float inv;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(inv) : "f"(s));  // s >= 2^-24: a normal fp32
+    float worst = 0.f;
+    int qi[C];
 #pragma unroll
-  for (int i = 0; i < C; ++i) {
-    float qv = 0.f;
-    if (s > 0.f) qv = fminf(fmaxf(rintf(__fdiv_rn(__fsub_rn(x[i], z), s)), 0.f), 15.f);
-    packed |= static_cast<uint32_t>(qv) << (4 * i);
+    for (int i = 0; i < C; ++i) {
+      const float tq = fminf(fmaxf(__fsub_rn(x[i], z) * inv, 0.f), 15.f);
+      const float rq = tq + kRound;
+      qi[i] = __float_as_int(rq);
+      worst = fmaxf(worst, fabsf(tq - (rq - kRound)));
+    }
+    if (worst > 0.5f - 4e-5f) {
+#pragma unroll
+      for (int i = 0; i < C; ++i)
+        qi[i] = __float_as_int(fminf(fmaxf(__fdiv_rn(__fsub_rn(x[i], z), s), 0.f), 15.f) + kRound);
+    }
+#pragma unroll
+    for (int i = 0; i < C; ++i) packed |= (static_cast<uint32_t>(qi[i]) & 0xFu) << (4 * i);
   }
   const size_t slab = (static_cast<size_t>(blk) * 2 + isV) * nkv + h;
   uint8_t* dst = codes + (slab * tpb + slot) * (D / 2) + lane * (C / 2);
@@ -230,6 +253,13 @@ kv4RopeAppendKernel(const __half* __restrict__ qkv, const int* __restrict__ posi
   const int lane = threadIdx.x & 31;
   const int nh = L.num_heads, nkv = L.num_kv_heads, U = nh + 2 * nkv;
   const int t = blockIdx.x;
+  const int uEnd = (blockIdx.y + 1) * kAppendUnits < U ? (blockIdx.y + 1) * kAppendUnits : U;
+  const int u0 = blockIdx.y * kAppendUnits + (threadIdx.x >> 5);
+  constexpr int PW = kAppendUnits / (kThreads / 32);  // units per warp, all loads issued first
+  AppendRaw<D> raw[PW];
+#pragma unroll
+  for (int k = 0; k < PW; ++k)
+    if (u0 + 4 * k < uEnd) raw[k] = kv4AppendLoad<D>(qkv, t, u0 + 4 * k, lane, U);
   const int pos = positions[t];
   for (int j = threadIdx.x; j < D / 2; j += blockDim.x) {
     const float a = __fmul_rn(static_cast<float>(pos), inv_freq[j]);
@@ -244,10 +274,11 @@ kv4RopeAppendKernel(const __half* __restrict__ qkv, const int* __restrict__ posi
   }
   const int b = lo < B ? lo : B - 1;
   __syncthreads();
-  const int uEnd = (blockIdx.y + 1) * kAppendUnits < U ? (blockIdx.y + 1) * kAppendUnits : U;
-  for (int u = blockIdx.y * kAppendUnits + (threadIdx.x >> 5); u < uEnd; u += blockDim.x >> 5) {
-    kv4AppendUnit<D>(qkv, t, u, lane, pos, b, sCos, sSin, L, block_table, codes, params, q_out);
-  }
+#pragma unroll
+  for (int k = 0; k < PW; ++k)
+    if (u0 + 4 * k < uEnd)
+      kv4AppendUnit<D>(raw[k], t, u0 + 4 * k, lane, pos, b, sCos, sSin, L, block_table, codes,
+                       params, q_out);
 }
 
 // ---- attention --------------------------------------------------------------------------------
@@ -605,6 +636,358 @@ kv4MergeKernel(const float* __restrict__ ws_o, const float* __restrict__ ws_lse,
   }
 }
 
+// ---- decode, register-dequant path (kv4DecodeKernel) -------------------------------------------
+// A CTA = (split, kv head, sequence), 4 warps, rows = the rep heads of the group (padded to 16).
+// The split's 32-token chunks (positions aligned to 32) go round-robin to the warps; each warp
+// runs its own kDecStages-deep cp.async pipeline of raw chunks (K codes, V codes, params) in its
+// own shared memory (no block barrier in the loop) and dequantizes straight into mma fragments:
+//  * Q K^T: thread (g = lane/4, qd = lane%4) takes token g of each n8 tile and the channels
+//    [qd d/4, (qd+1) d/4) (one 16- or 8-byte load); the reduction order of channels is permuted
+//    (the halves (c, c+4) of a code word pair up without prmt), Q's A fragments are permuted alike.
+//  * P V: output channel (d/8) n + np is column n of n-tile np, so thread g needs V channels
+//    [g d/8, (g+1) d/8) of the tokens (2qd, 2qd+1) and (2qd+8, 2qd+9): one prmt puts the same
+//    byte of two tokens side by side, each nibble pair becomes a half2 (token a, token b).
+//  Dequantization is x^ = fp16(code * scale + zero) (hsub2 exact, one hfma2), as the smem path.
+//  Tokens of a chunk outside [lo, hi) get scale = zero = 0 in shared memory (finite V, no NaN from
+//  poison) and -inf scores. The warps' (m, l, O) merge through shared memory at the end.
+constexpr int kCh = 32;         // tokens per warp chunk
+constexpr int kDecStages = 3;   // cp.async stages per warp
+
+template <int D>
+struct DecSmem {
+  static constexpr int stageBytes(int P) { return kCh * D + kCh * P * 2; }
+  static constexpr int pipeBytes(int P) { return 4 * kDecStages * stageBytes(P); }
+  static constexpr int mergeBytes() { return 4 * 16 * D * 4 + 2 * 4 * 16 * 4; }
+  static constexpr int bytes(int P) {
+    return (pipeBytes(P) > mergeBytes() ? pipeBytes(P) : mergeBytes()) + 16 * D * 2 + 2 * 16 * 4;
+  }
+};
+
+__device__ __forceinline__ __half2 u2h2(uint32_t u) { return *reinterpret_cast<__half2*>(&u); }
+__device__ __forceinline__ uint32_t h22u(__half2 h) { return *reinterpret_cast<uint32_t*>(&h); }
+
+template <int D>
+__global__ void __launch_bounds__(kThreads, 3) kv4DecodeKernel(AttnArgs a) {
+  constexpr int rowB = D / 2;       // code bytes per token row
+  constexpr int KS = D / 16;        // k steps of Q K^T
+  constexpr int KW = D / 32;        // K code words per thread and token
+  constexpr int VB = D / 16;        // V code bytes per thread and token
+  constexpr int NO = D / 8;         // n8 tiles of O
+  constexpr int CPT = rowB / 16;    // 16-byte copies per token row
+  constexpr int NS = kCh / 8;       // n8 tiles of S per chunk
+  extern __shared__ __align__(16) uint8_t smem[];
+  const int P = a.P;
+  const int stageB = kCh * D + kCh * P * 2;
+  const int pipeB = 4 * kDecStages * stageB;
+  const int mainB = pipeB > DecSmem<D>::mergeBytes() ? pipeB : DecSmem<D>::mergeBytes();
+  __half* Qs = reinterpret_cast<__half*>(smem + mainB);
+  int* rowPos = reinterpret_cast<int*>(Qs + 16 * D);
+  int* rowOff = rowPos + 16;
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int h = blockIdx.y, b = blockIdx.z, split = blockIdx.x;
+  const int t = a.seq_offsets[b];
+  const int p = a.positions[t];
+  const int lo = a.window > 0 && p - a.window + 1 > 0 ? p - a.window + 1 : 0;
+  const int hi = p + 1;
+  if (tid < 16) {
+    rowPos[tid] = tid < a.rep ? p : -1;
+    rowOff[tid] = (t * a.nh + h * a.rep + tid) * D;
+  }
+  const int first = lo / kCh, n = (hi - 1) / kCh + 1 - first;
+  int per = (n + a.splits - 1) / a.splits;
+  per = (per + 3) & ~3;
+  const int c0 = first + split * per;
+  const int c1 = c0 + per < first + n ? c0 + per : first + n;
+  // this warp's chunks: c0 + warp + 4 j, j < nw
+  const int nw = c1 - c0 - warp > 0 ? (c1 - c0 - warp + 3) / 4 : 0;
+  uint8_t* wst = smem + warp * kDecStages * stageB;
+
+  int tpbShift = 0;
+  while ((1 << tpbShift) < a.tpb) ++tpbShift;
+  const bool wholeChunks = a.tpb >= kCh;  // a chunk is one run of slots of one block
+  const size_t vOff = static_cast<size_t>(a.nkv) * a.tpb * rowB;  // K slab -> V slab
+  // tpb >= 32: block of chunk j (every lane); else: block of 8-token segment `lane` (lanes 0..3).
+  // -1 = not to be read. Loaded one chunk ahead of its use (the table read is not waited for).
+  auto tableFor = [&](int j) -> int {
+    if (j >= nw) return -1;
+    const int sl = wholeChunks ? 0 : lane;
+    if (sl >= kCh / 8) return -1;
+    const int cpos = (c0 + warp + 4 * j) * kCh;
+    const int segStart = cpos + sl * 8, segLen = wholeChunks ? kCh : 8;
+    if (segStart >= hi || segStart + segLen <= lo) return -1;
+    const int col = segStart >> tpbShift;
+    if (col >= a.MB) return -1;
+    const int blk = __ldg(a.block_table + static_cast<size_t>(b) * a.MB + col);
+    return blk >= 0 && blk < a.NB ? blk : -1;
+  };
+  int tbNext = tableFor(0);
+  int issueStage = 0;
+  auto issue = [&](int j) {
+    const int tb = tbNext;
+    tbNext = tableFor(j + 1);
+    uint8_t* st = wst + issueStage * stageB;
+    issueStage = issueStage + 1 == kDecStages ? 0 : issueStage + 1;
+    const int cpos = (c0 + warp + 4 * j) * kCh;
+    if (j < nw && wholeChunks) {
+      if (tb >= 0) {
+        const int slot0 = cpos & (a.tpb - 1);
+        const uint8_t* ks = a.codes + ((static_cast<size_t>(tb) * 2 * a.nkv + h) * a.tpb + slot0) * rowB;
+#pragma unroll
+        for (int i = 0; i < kCh * CPT / 32; ++i) {
+          cpAsync16(st + (lane + 32 * i) * 16, ks + (lane + 32 * i) * 16);
+          cpAsync16(st + kCh * rowB + (lane + 32 * i) * 16, ks + vOff + (lane + 32 * i) * 16);
+        }
+        const uint8_t* ps = reinterpret_cast<const uint8_t*>(
+            a.params + ((static_cast<size_t>(tb) * a.nkv + h) * a.tpb + slot0) * P);
+        for (int cc = lane; cc < 4 * P; cc += 32) cpAsync16(st + kCh * D + cc * 16, ps + cc * 16);
+      }
+    } else if (j < nw) {
+      const int bs0 = __shfl_sync(0xffffffffu, tb, 0), bs1 = __shfl_sync(0xffffffffu, tb, 1);
+      const int bs2 = __shfl_sync(0xffffffffu, tb, 2), bs3 = __shfl_sync(0xffffffffu, tb, 3);
+      auto blkOf = [&](int seg) { return seg == 0 ? bs0 : seg == 1 ? bs1 : seg == 2 ? bs2 : bs3; };
+#pragma unroll
+      for (int i = 0; i < kCh * CPT / 32; ++i) {
+        const int ci = lane + 32 * i, tok = ci / CPT, part = ci % CPT, seg = tok >> 3;
+        const int blk = blkOf(seg);
+        if (blk >= 0) {
+          const int slot = (cpos + tok) & (a.tpb - 1);
+          const size_t slabK = (static_cast<size_t>(blk) * 2 * a.nkv + h) * a.tpb + slot;
+          const uint8_t* ks = a.codes + slabK * rowB + part * 16;
+          cpAsync16(st + tok * rowB + part * 16, ks);
+          cpAsync16(st + kCh * rowB + tok * rowB + part * 16, ks + vOff);
+        }
+      }
+      for (int cc = lane; cc < 4 * P; cc += 32) {  // P 16-byte copies per 8-token segment
+        const int seg = cc / P, e = cc - seg * P;
+        const int blk = blkOf(seg);
+        if (blk >= 0) {
+          const int slot = (cpos + seg * 8) & (a.tpb - 1);
+          cpAsync16(st + kCh * D + (seg * P + e) * 16,
+                    a.params + ((static_cast<size_t>(blk) * a.nkv + h) * a.tpb + slot) * P + e * 8);
+        }
+      }
+    }
+    cpAsyncCommit();
+  };
+#pragma unroll
+  for (int s = 0; s < kDecStages - 1; ++s) issue(s);
+
+  // Q -> shared memory, then this thread's permuted A fragments
+  __syncthreads();  // rowPos / rowOff
+  for (int c = tid; c < 16 * (D / 8); c += kThreads) {
+    const int r = c / (D / 8), j = c % (D / 8);
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (rowPos[r] >= 0) v = *reinterpret_cast<const uint4*>(a.q + rowOff[r] + j * 8);
+    *reinterpret_cast<uint4*>(Qs + r * D + j * 8) = v;
+  }
+  __syncthreads();
+  const int g = lane >> 2, qd = lane & 3;
+  uint32_t qf[KS][4];
+#pragma unroll
+  for (int ks = 0; ks < KS; ++ks) {
+    const int ch = qd * (D / 4) + 8 * (ks >> 1) + 2 * (ks & 1);
+    qf[ks][0] = h22u(__halves2half2(Qs[g * D + ch], Qs[g * D + ch + 4]));
+    qf[ks][1] = h22u(__halves2half2(Qs[(g + 8) * D + ch], Qs[(g + 8) * D + ch + 4]));
+    qf[ks][2] = h22u(__halves2half2(Qs[g * D + ch + 1], Qs[g * D + ch + 5]));
+    qf[ks][3] = h22u(__halves2half2(Qs[(g + 8) * D + ch + 1], Qs[(g + 8) * D + ch + 5]));
+  }
+  // parameter offsets (halves within a token's P) of this thread's K words and V bytes
+  const int ngk = D / a.gk;
+  int kgo[KW];
+#pragma unroll
+  for (int w = 0; w < KW; ++w) kgo[w] = (qd * (D / 4) + 8 * w) / a.gk;
+  const int vgo0 = 2 * ngk + (g * (D / 8)) / a.gv;
+  const int vgo1 = 2 * ngk + (g * (D / 8) + (D / 8) - 1) / a.gv;  // last channel's group
+  const int ngv = D / a.gv;
+
+  float o[NO][4];
+#pragma unroll
+  for (int i = 0; i < NO; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+  const uint32_t kMask = 0x000F000Fu, kMagic = 0x64006400u;      // bits 0-3: 1024 + c
+  const uint32_t kMaskHi = 0x00F000F0u, kMagic64 = 0x54005400u;  // bits 4-7: 64 + c
+  const __half2 k1024 = __half2half2(__ushort_as_half(0x6400));
+  const __half2 k64 = __half2half2(__ushort_as_half(0x5400));
+
+  int readStage = 0;
+  for (int j = 0; j < nw; ++j) {
+    cpAsyncWait<kDecStages - 2>();
+    __syncwarp();
+    uint8_t* st = wst + readStage * stageB;
+    readStage = readStage + 1 == kDecStages ? 0 : readStage + 1;
+    __half* pr = reinterpret_cast<__half*>(st + kCh * D);
+    const int cpos = (c0 + warp + 4 * j) * kCh;
+    const bool partial = cpos < lo || cpos + kCh > hi;
+    if (partial) {
+      if (cpos + lane < lo || cpos + lane >= hi)
+        for (int e = 0; e < P; ++e) pr[lane * P + e] = __ushort_as_half(0);
+      __syncwarp();
+    }
+    // S = Q K^T over the chunk's 32 tokens
+    float s[NS][4];
+#pragma unroll
+    for (int i = 0; i < NS; ++i) {
+      s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+      const int tok = i * 8 + g;
+      uint32_t kw[KW];
+      if constexpr (KW == 4) {
+        const uint4 v = *reinterpret_cast<const uint4*>(st + tok * rowB + qd * 16);
+        kw[0] = v.x; kw[1] = v.y; kw[2] = v.z; kw[3] = v.w;
+      } else {
+        const uint2 v = *reinterpret_cast<const uint2*>(st + tok * rowB + qd * 8);
+        kw[0] = v.x; kw[1] = v.y;
+      }
+      const __half* pt = pr + tok * P;
+#pragma unroll
+      for (int w = 0; w < KW; ++w) {
+        const __half2 sc = __half2half2(pt[kgo[w]]), zr = __half2half2(pt[ngk + kgo[w]]);
+        // nibble k of both halves: k = 0 / 2 under magic 1024 (unit ulp), k = 1 / 3 (bits 4-7)
+        // under magic 64 (ulp 1/16), k = 2 / 3 after >> 8: exact codes, no shift for k = 1
+        const uint32_t w8 = kw[w] >> 8;
+        uint32_t hb[4];
+        hb[0] = h22u(__hfma2(__hsub2(u2h2((kw[w] & kMask) | kMagic), k1024), sc, zr));
+        hb[1] = h22u(__hfma2(__hsub2(u2h2((kw[w] & kMaskHi) | kMagic64), k64), sc, zr));
+        hb[2] = h22u(__hfma2(__hsub2(u2h2((w8 & kMask) | kMagic), k1024), sc, zr));
+        hb[3] = h22u(__hfma2(__hsub2(u2h2((w8 & kMaskHi) | kMagic64), k64), sc, zr));
+        mma16816(s[i], qf[2 * w], hb[0], hb[1]);
+        mma16816(s[i], qf[2 * w + 1], hb[2], hb[3]);
+      }
+    }
+    // online softmax (base 2)
+    float mx0 = m0, mx1 = m1;
+#pragma unroll
+    for (int i = 0; i < NS; ++i) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float v = s[i][e] * a.scale_log2;
+        if (partial) {
+          const int jpos = cpos + i * 8 + 2 * qd + (e & 1);
+          if (jpos < lo || jpos >= hi) v = -INFINITY;
+        }
+        s[i][e] = v;
+      }
+      mx0 = fmaxf(mx0, fmaxf(s[i][0], s[i][1]));
+      mx1 = fmaxf(mx1, fmaxf(s[i][2], s[i][3]));
+    }
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    const float u0 = mx0 == -INFINITY ? 0.f : mx0, u1 = mx1 == -INFINITY ? 0.f : mx1;
+    const float cr0 = exp2f(m0 - u0), cr1 = exp2f(m1 - u1);
+    m0 = mx0;
+    m1 = mx1;
+    l0 *= cr0;
+    l1 *= cr1;
+    if (__any_sync(0xffffffffu, cr0 != 1.f || cr1 != 1.f)) {  // rare once the max settles
+#pragma unroll
+      for (int i = 0; i < NO; ++i) {
+        o[i][0] *= cr0; o[i][1] *= cr0; o[i][2] *= cr1; o[i][3] *= cr1;
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < NS; ++i) {
+      s[i][0] = exp2f(s[i][0] - u0);
+      s[i][1] = exp2f(s[i][1] - u0);
+      s[i][2] = exp2f(s[i][2] - u1);
+      s[i][3] = exp2f(s[i][3] - u1);
+      l0 += s[i][0] + s[i][1];
+      l1 += s[i][2] + s[i][3];
+    }
+    // O += P V
+#pragma unroll
+    for (int kk = 0; kk < kCh / 16; ++kk) {
+      const uint32_t pa[4] = {packHalf2(s[2 * kk][0], s[2 * kk][1]),
+                              packHalf2(s[2 * kk][2], s[2 * kk][3]),
+                              packHalf2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                              packHalf2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      // b[0]: tokens (2qd, 2qd+1), b[1]: (2qd+8, 2qd+9) of the 16
+      uint32_t vb[2][NO];
+#pragma unroll
+      for (int pp = 0; pp < 2; ++pp) {
+        const int ta = kk * 16 + pp * 8 + 2 * qd, tb2 = ta + 1;
+        const uint8_t* va = st + kCh * rowB + ta * rowB + g * VB;
+        const uint8_t* vbp = va + rowB;
+        uint32_t wa[VB / 4], wb[VB / 4];
+        if constexpr (VB == 8) {
+          const uint2 x = *reinterpret_cast<const uint2*>(va);
+          const uint2 y = *reinterpret_cast<const uint2*>(vbp);
+          wa[0] = x.x; wa[1] = x.y; wb[0] = y.x; wb[1] = y.y;
+        } else {
+          wa[0] = *reinterpret_cast<const uint32_t*>(va);
+          wb[0] = *reinterpret_cast<const uint32_t*>(vbp);
+        }
+        const __half* pa_ = pr + ta * P;
+        const __half* pb_ = pr + tb2 * P;
+        const __half2 s0 = __halves2half2(pa_[vgo0], pb_[vgo0]);
+        const __half2 z0 = __halves2half2(pa_[vgo0 + ngv], pb_[vgo0 + ngv]);
+        const __half2 s1 = __halves2half2(pa_[vgo1], pb_[vgo1]);
+        const __half2 z1 = __halves2half2(pa_[vgo1 + ngv], pb_[vgo1 + ngv]);
+#pragma unroll
+        for (int jb = 0; jb < VB; ++jb) {
+          const uint32_t x = prmt(wa[jb >> 2], wb[jb >> 2], (jb & 3) | ((4 + (jb & 3)) << 8));
+          const bool second = jb >= 4;  // channels g d/8 + 8.. (d = 128 only)
+          const __half2 sc = second ? s1 : s0, zr = second ? z1 : z0;
+          vb[pp][2 * jb] =
+              h22u(__hfma2(__hsub2(u2h2((x & kMask) | kMagic), k1024), sc, zr));
+          vb[pp][2 * jb + 1] =
+              h22u(__hfma2(__hsub2(u2h2((x & kMaskHi) | kMagic64), k64), sc, zr));
+        }
+      }
+#pragma unroll
+      for (int np = 0; np < NO; ++np) mma16816(o[np], pa, vb[0][np], vb[1][np]);
+    }
+    __syncwarp();
+    issue(j + kDecStages - 1);
+  }
+  cpAsyncWait<0>();
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  __syncthreads();  // every warp done with its stages: the area becomes the merge buffer
+  float* wm = reinterpret_cast<float*>(smem);  // [4][16]
+  float* wl = wm + 4 * 16;                     // [4][16]
+  float* wo = wl + 4 * 16;                     // [4][16][D]
+  if (qd == 0) {
+    wm[warp * 16 + g] = m0; wm[warp * 16 + g + 8] = m1;
+    wl[warp * 16 + g] = l0; wl[warp * 16 + g + 8] = l1;
+  }
+#pragma unroll
+  for (int np = 0; np < NO; ++np) {
+    const int ch0 = (2 * qd) * (D / 8) + np, ch1 = ch0 + D / 8;
+    wo[(warp * 16 + g) * D + ch0] = o[np][0];
+    wo[(warp * 16 + g) * D + ch1] = o[np][1];
+    wo[(warp * 16 + g + 8) * D + ch0] = o[np][2];
+    wo[(warp * 16 + g + 8) * D + ch1] = o[np][3];
+  }
+  __syncthreads();
+  for (int idx = tid; idx < a.rep * D; idx += kThreads) {
+    const int row = idx / D, ch = idx % D;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < 4; ++w) M = fmaxf(M, wm[w * 16 + row]);
+    float sum = 0.f, acc = 0.f;
+    if (M != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < 4; ++w) {
+        const float f = exp2f(wm[w * 16 + row] - M);
+        sum += f * wl[w * 16 + row];
+        acc += f * wo[(w * 16 + row) * D + ch];
+      }
+    }
+    const float val = sum > 0.f ? acc / sum : 0.f;
+    if (a.splits == 1) {
+      a.out[rowOff[row] + ch] = __float2half_rn(val);
+    } else {
+      const size_t pi = (static_cast<size_t>(b) * a.nh + h * a.rep + row) * a.splits + split;
+      a.ws_o[pi * D + ch] = val;
+      if (ch == 0) a.ws_lse[pi] = sum > 0.f ? M + log2f(sum) : -INFINITY;
+    }
+  }
+}
+
 // ---- launchers --------------------------------------------------------------------------------
 int checkLayout(const lowbitKv4Layout* L) {
   if (!L) return LOWBIT_ERR_NULL_POINTER;
@@ -631,32 +1014,76 @@ bool decodePath(int T, int B, const lowbitKv4Layout* L) {
   return T == B && L->num_heads / L->num_kv_heads <= 16;
 }
 
-int decodeSplits(int B, const lowbitKv4Layout* L) {
+// Splits of the decode grid (B * nkv * splits CTAs): at least one wave of kResidentCtas (3 CTAs
+// of kv4DecodeKernel per SM of a 132-SM H100), at most 4 waves, >= 4 chunks (one per warp) per
+// split; among those, the count whose last wave is fullest (fewest waves per unit of work).
+// Depends only on (B, layout): the workspace size must be deterministic.
+constexpr int kResidentCtas = 3 * 132;
+constexpr int kSmemTargetCtas = 1584;  // smem path: ~12 CTAs per SM of a 132-SM H100 (waves)
+
+// Which decode kernel: the register-dequant kv4DecodeKernel wins (measured on the H100) once a
+// CTA has enough chunks to amortize its start and end (long contexts, enough CTAs); shorter
+// contexts keep the smem-dequant kv4AttentionKernel<D, true>. From (B, layout) only.
+bool decodeRegPath(int B, const lowbitKv4Layout* L) {
+  const long long ctx = static_cast<long long>(L->max_blocks_per_seq) * L->tokens_per_block;
+  const long long ctas = static_cast<long long>(B) * L->num_kv_heads;
+  return (ctx >= 8192 && ctas >= 128) || (ctx >= 4096 && ctas >= 1024);
+}
+
+int decodeSplitsSmem(int B, const lowbitKv4Layout* L) {
   const long long ctas = static_cast<long long>(B) * L->num_kv_heads;
   const long long tiles =
       (static_cast<long long>(L->max_blocks_per_seq) * L->tokens_per_block + kTile - 1) / kTile;
-  long long s = (kTargetCtas + ctas - 1) / ctas;
+  long long s = (kSmemTargetCtas + ctas - 1) / ctas;
   const long long cap = tiles / 2 > 1 ? tiles / 2 : 1;  // >= 2 tiles per split
   if (s > cap) s = cap;
   if (s > kMaxSplits) s = kMaxSplits;
   return s < 1 ? 1 : static_cast<int>(s);
 }
 
+int decodeSplits(int B, const lowbitKv4Layout* L) {
+  if (!decodeRegPath(B, L)) return decodeSplitsSmem(B, L);
+  const long long ctas = static_cast<long long>(B) * L->num_kv_heads;
+  const long long chunks =
+      (static_cast<long long>(L->max_blocks_per_seq) * L->tokens_per_block + kCh - 1) / kCh;
+  long long cap = chunks / 4 > 1 ? chunks / 4 : 1;
+  if (cap > kMaxSplits) cap = kMaxSplits;
+  const long long sMin = (kResidentCtas + ctas - 1) / ctas;
+  if (sMin >= cap) return static_cast<int>(cap);
+  const long long sMax = 4 * sMin < cap ? 4 * sMin : cap;
+  long long best = sMin;
+  double bestCost = 1e30;
+  for (long long sp = sMin; sp <= sMax; ++sp) {
+    const long long waves = (ctas * sp + kResidentCtas - 1) / kResidentCtas;
+    const double cost = static_cast<double>(waves) / static_cast<double>(sp);
+    if (cost < bestCost * 0.999) { bestCost = cost; best = sp; }
+  }
+  return static_cast<int>(best);
+}
+
 template <int D, bool DECODE>
-int launchAttention(const AttnArgs& a, int T, cudaStream_t stream) {
+int launchAttention(const AttnArgs& a, int T, bool regPath, cudaStream_t stream) {
   constexpr int QR = DECODE ? 16 : 64;
-  const int smem = Smem<D>::bytes(QR, a.P);
-  int st = allowDynamicSmem<kv4AttentionKernel<D, DECODE>>(smem);
-  if (st != LOWBIT_OK) return st;
-  dim3 grid;
-  if (DECODE) {
-    grid = dim3(a.splits, a.nkv, a.B);
+  int st;
+  if (DECODE && !regPath) {
+    const int smem = Smem<D>::bytes(QR, a.P);
+    st = allowDynamicSmem<kv4AttentionKernel<D, true>>(smem);
+    if (st != LOWBIT_OK) return st;
+    kv4AttentionKernel<D, true><<<dim3(a.splits, a.nkv, a.B), kThreads, smem, stream>>>(a);
+  } else if constexpr (DECODE) {
+    const int smem = DecSmem<D>::bytes(a.P);
+    st = allowDynamicSmem<kv4DecodeKernel<D>>(smem);
+    if (st != LOWBIT_OK) return st;
+    kv4DecodeKernel<D><<<dim3(a.splits, a.nkv, a.B), kThreads, smem, stream>>>(a);
   } else {
+    const int smem = Smem<D>::bytes(QR, a.P);
+    st = allowDynamicSmem<kv4AttentionKernel<D, false>>(smem);
+    if (st != LOWBIT_OK) return st;
     const long long rows = (static_cast<long long>(T) * a.rep + QR - 1) / QR + a.B;
     if (rows > 0x7fffffffLL) return LOWBIT_ERR_BAD_SHAPE;
-    grid = dim3(static_cast<unsigned>(rows), a.nkv, 1);
+    kv4AttentionKernel<D, false>
+        <<<dim3(static_cast<unsigned>(rows), a.nkv, 1), kThreads, smem, stream>>>(a);
   }
-  kv4AttentionKernel<D, DECODE><<<grid, kThreads, smem, stream>>>(a);
   st = launchStatus();
   if (st != LOWBIT_OK || !DECODE || a.splits == 1) return st;
   kv4MergeKernel<D><<<a.B * a.nh, kThreads, 0, stream>>>(a.ws_o, a.ws_lse, a.seq_offsets, a.nh,
@@ -711,10 +1138,18 @@ extern "C" int lowbit_kv4_rope_append(const void* qkv, const int* positions,
   return launchStatus();
 }
 
+// Decode (T == B): the largest need of any batch <= B (the split rule is not monotone in B), so
+// a workspace sized at the profile's largest decode batch serves every smaller one.
 extern "C" size_t lowbit_kv4_attention_workspace(int T, int B, const lowbitKv4Layout* layout) {
   if (checkLayout(layout) != LOWBIT_OK || T < 0 || B < 1) return 0;
   int splits;
-  return workspaceBytes(T, B, layout, &splits);
+  if (T != B) return workspaceBytes(T, B, layout, &splits);
+  size_t mx = 0;
+  for (int bb = 1; bb <= B; ++bb) {
+    const size_t w = workspaceBytes(bb, bb, layout, &splits);
+    if (w > mx) mx = w;
+  }
+  return mx;
 }
 
 extern "C" int lowbit_kv4_attention(const void* q, const int* positions, const int* seq_offsets,
@@ -765,7 +1200,8 @@ extern "C" int lowbit_kv4_attention(const void* q, const int* positions, const i
   a.scale_log2 = 1.4426950408889634f / sqrtf(static_cast<float>(layout->head_size));
   auto s = static_cast<cudaStream_t>(stream);
   const bool dec = decodePath(T, B, layout);
+  const bool reg = dec && decodeRegPath(B, layout);
   if (layout->head_size == 128)
-    return dec ? launchAttention<128, true>(a, T, s) : launchAttention<128, false>(a, T, s);
-  return dec ? launchAttention<64, true>(a, T, s) : launchAttention<64, false>(a, T, s);
+    return dec ? launchAttention<128, true>(a, T, reg, s) : launchAttention<128, false>(a, T, reg, s);
+  return dec ? launchAttention<64, true>(a, T, reg, s) : launchAttention<64, false>(a, T, reg, s);
 }

@@ -36,7 +36,7 @@ LOWBIT_API int lowbit_kv4_rope_append(const void* qkv /*fp16 [T,(nh+2nkv)d]*/,
                                       void* q_out /*fp16 [T, nh, d]*/, void* stream);
 
 // Bytes of scratch lowbit_kv4_attention needs (0 for prefill, T != B); depends only on its
-// arguments (not on the device).
+// arguments (not on the device). For decode (T == B) it covers every decode batch <= B.
 LOWBIT_API size_t lowbit_kv4_attention_workspace(int T, int B, const lowbitKv4Layout* layout);
 
 // out[t, h*d:(h+1)*d] = softmax(q[t,h] . K^ / sqrt(d)) V^ over positions [0, p_t] (and

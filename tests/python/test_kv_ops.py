@@ -107,6 +107,21 @@ def test_decode_block_sizes_and_groups(cuda_lib, tpb, gk, gv):
     _decode_case(kv.KvLayout(32, 8, 64, gk, gv, tokens_per_block=tpb), [1, 70, 300, 129])
 
 
+@pytest.mark.parametrize("nh,nkv,d,tpb,gk,gv,win", [(32, 8, 128, 32, 8, 8, 0),
+                                                     (32, 32, 128, 256, 16, 64, 0),
+                                                     (12, 4, 128, 8, 128, 16, 0),
+                                                     (9, 3, 64, 16, 32, 8, 0),
+                                                     (32, 8, 128, 64, 32, 128, 1000)])
+def test_decode_register_path(cuda_lib, nh, nkv, d, tpb, gk, gv, win):
+    # the register-dequant decode kernel (chosen for contexts >= 8192 and batch * nkv >= 128):
+    # V groups of 8 (two per thread at d = 128), blocks of exactly one 32-token chunk, blocks
+    # larger than a chunk, 8- and 16-token blocks (per-segment table reads), d = 64, a window
+    b = max(16, -(-128 // nkv))
+    lens = [1, 31, 32, 33, 95, 700, 2049, 8192] + [1 + (37 * i) % 3000 for i in range(b - 8)]
+    _decode_case(kv.KvLayout(nh, nkv, d, gk, gv, tokens_per_block=tpb, sliding_window=win), lens,
+                 seed=5)
+
+
 def test_decode_many_heads_per_kv_head_uses_prefill_path(cuda_lib):
     _decode_case(kv.KvLayout(32, 1, 128, 32, 128), [5, 200, 1000])
 
