@@ -14,6 +14,7 @@ import torch
 
 from builder.runtime import CACHE_FACTORIES, LINEAR_FACTORIES, Linear
 from converters.errors import UserError
+from converters.loader import rope_inv_freq
 from converters.schemes import ATOM_ALGO, SQ_PER_TENSOR, SQ_PER_TOKEN
 from lowbit import reference as R
 from lowbit.packing import unpack_int4
@@ -209,13 +210,124 @@ class QuantizedKVCache:
         self.length += t
 
 
+class PagedInt4KVCache:
+    """INT4 KV cache on the paged pool of lowbit.kvcache (docs/engine-io.md), for B sequences
+    advancing together (the runtime's batches).
+
+    Offers attend(layer, qkv, positions): RoPE of q and k, quantize-append of the new k and v
+    into their pages, then attention over the quantized cache (the new tokens included), in one
+    call; Decoder.layer_forward uses it instead of rope + append + attention. With kernels=True
+    (CUDA, fp16) these are the kernels lowbit.ops.kv4_rope_append / kv4_attention, else the
+    torch reference lowbit.kvcache.rope_append / attention (same semantics; any device, dtype).
+
+    Blocks come from a lowbit.kvcache.BlockAllocator over a pool of B * ceil(max_len / tpb)
+    blocks, taken as the sequences grow (so the sequences' blocks interleave in the pool);
+    block_table [B, MB] int32 (unused entries 0). No k_pre / k / v taps (calibration always
+    runs on float caches)."""
+
+    def __init__(self, model: Any, batch: int, max_len: int, *, kernels: bool,
+                 tokens_per_block: int = 64):
+        from lowbit import kvcache
+
+        s = model.spec
+        c = model.config["kv_cache_int4"]
+        self.layout = kvcache.KvLayout(s.num_attention_heads, s.num_key_value_heads,
+                                       s.head_size, int(c["k_group_size"]),
+                                       int(c["v_group_size"]), tokens_per_block,
+                                       s.sliding_window or 0)
+        self.kernels = kernels
+        if kernels:
+            from lowbit import ops
+
+            self._rope_append, self._attention = ops.kv4_rope_append, ops.kv4_attention
+        else:
+            self._rope_append, self._attention = kvcache.rope_append, kvcache.attention
+        dev = torch.device(model.device)
+        self.device = dev
+        self.batch = batch
+        self.length = 0
+        self.max_len = max_len
+        self.max_blocks = max(1, -(-max_len // tokens_per_block))
+        self.allocator = kvcache.BlockAllocator(batch * self.max_blocks)
+        self.blocks: list[list[int]] = [[] for _ in range(batch)]
+        self.block_table = torch.zeros((batch, self.max_blocks), dtype=torch.int32, device=dev)
+        self.codes, self.params = kvcache.new_pool(self.layout, s.num_hidden_layers,
+                                                   self.allocator.num_blocks, dev)
+        self.inv_freq = rope_inv_freq(model.config).float().to(dev)
+        self._step: tuple[tuple[int, int], tuple[torch.Tensor, ...]] | None = None
+        self._workspace = torch.empty(0, dtype=torch.uint8, device=dev)
+
+    def _prepare(self, t: int, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Blocks, flat positions, seq_offsets (and the kernels' workspace) of the step adding
+        t tokens to every sequence; made once per step, on its first layer."""
+        key = (self.length, t)
+        if self._step is not None and self._step[0] == key:
+            return self._step[1]
+        end = self.length + t
+        if end > self.max_len:
+            raise UserError(f"sequence of {end} tokens exceeds the KV cache ({self.max_len})")
+        pos = positions.to(device=self.device, dtype=torch.int32).reshape(-1)
+        want = torch.arange(self.length, end, dtype=torch.int32, device=self.device)
+        if pos.shape != want.shape or not torch.equal(pos, want):
+            raise ValueError(f"positions must continue the cache: [{self.length}, {end})")
+        need = -(-end // self.layout.tokens_per_block)
+        for b, blocks in enumerate(self.blocks):
+            if len(blocks) < need:
+                new = self.allocator.allocate(need - len(blocks))
+                self.block_table[b, len(blocks):need] = torch.tensor(new, dtype=torch.int32)
+                blocks.extend(new)
+        flat = pos.repeat(self.batch)  # sequence after sequence, as qkv's rows
+        offs = torch.arange(0, self.batch * t + 1, t, dtype=torch.int32, device=self.device)
+        extra: tuple[torch.Tensor, ...] = ()
+        if self.kernels:
+            from lowbit import ops
+
+            n = ops.kv4_attention_workspace(self.batch * t, self.batch, self.layout,
+                                            self.allocator.num_blocks, self.max_blocks)
+            if n > self._workspace.numel():
+                self._workspace = torch.empty(n, dtype=torch.uint8, device=self.device)
+            extra = (self._workspace if n else None,)  # prefill needs none
+        self._step = (key, (flat, offs, *extra))
+        return self._step[1]
+
+    def attend(self, layer: int, qkv: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """qkv [B*T, (nh + 2 nkv) d] (rows sequence after sequence, bias added), positions [T]
+        (= length .. length + T - 1) -> attention output [B*T, nh d] in qkv.dtype. Writes the
+        new tokens' K/V of `layer`; advance(T) after the step's last layer."""
+        t = qkv.shape[0] // self.batch
+        flat, offs, *ws = self._prepare(t, positions)
+        a = (flat, offs, self.block_table)
+        q = self._rope_append(qkv.contiguous(), *a, self.inv_freq, self.codes, self.params,
+                              layer, self.layout)
+        kw = {"workspace": ws[0]} if self.kernels else {}
+        return self._attention(q, *a, self.codes, self.params, layer, self.layout, **kw)
+
+    def advance(self, t: int) -> None:
+        self.length += t
+
+
+def kv4_kernels_usable(model: Any) -> bool:
+    """Whether an INT4-KV model runs its cache on the kernels: CUDA, fp16 compute, the kernel
+    library loadable (kernels_available: LOWBIT_USE_KERNELS=0 turns it off), and a shape the
+    kernels take (head_size 64 or 128, group sizes multiples of 8)."""
+    c = model.config["kv_cache_int4"]
+    return (torch.device(model.device).type == "cuda" and model.dtype == torch.float16
+            and model.spec.head_size in (64, 128)
+            and int(c["k_group_size"]) % 8 == 0 and int(c["v_group_size"]) % 8 == 0
+            and kernels_available())
+
+
 def _int8_cache(model: Any, batch: int, max_len: int) -> QuantizedKVCache:
     return QuantizedKVCache(model, batch, max_len, "int8")
 
 
-def _int4_cache(model: Any, batch: int, max_len: int) -> QuantizedKVCache:
+def _int4_cache(model: Any, batch: int, max_len: int) -> QuantizedKVCache | PagedInt4KVCache:
+    """On CUDA with the kernels (kv4_kernels_usable): the paged pool run by lowbit.ops; else
+    the torch cache (QuantizedKVCache, the CPU reference)."""
     if "kv_cache_int4" not in model.config:
         raise UserError("INT4 KV cache checkpoint without 'kv_cache_int4' in config.json")
+    if kv4_kernels_usable(model):
+        return PagedInt4KVCache(model, batch, max_len, kernels=True)
     return QuantizedKVCache(model, batch, max_len, "int4")
 
 

@@ -79,7 +79,8 @@ class KVCache:
 # Factories for the schemes of a checkpoint, keyed by quantization["quant_algo"] (None = float).
 # make_linear(tensors of one layer, name like "attention.qkv", model) -> Linear
 LINEAR_FACTORIES: dict[Any, Callable[..., Linear]] = {}
-# make_cache(model, batch, max_len) -> cache with append/advance/length
+# make_cache(model, batch, max_len) -> cache with length, advance and either append (as
+# KVCache) or attend (see Decoder.layer_forward)
 CACHE_FACTORIES: dict[Any, Callable[..., Any]] = {}
 
 
@@ -182,7 +183,11 @@ class Decoder:
         """One decoder layer. x [B, T, H] -> [B, T, H]. `taps`, if given, is called with
         (name, tensor) at every linear input (qkv_in, dense_in, fc_in, proj_in, as [B*T, K]),
         linear output (qkv_out, dense_out, fc_out, gate_out, proj_out) and at k_pre (k before
-        RoPE), k and v ([B, nkv, T, d]); calibration records statistics there."""
+        RoPE), k and v ([B, nkv, T, d]); calibration records statistics there.
+
+        A cache offering attend(i, qkv [B*T, (nh + 2 nkv) d], positions) -> [B*T, nh d] does
+        RoPE + append + attention itself (builder.quantized.PagedInt4KVCache, the INT4 kernels);
+        then k_pre, k and v are not tapped."""
         s = self.spec
         b, t, _ = x.shape
         start = cache.length
@@ -192,16 +197,20 @@ class Decoder:
         tap("qkv_in", n1)
         qkv = layer.qkv(n1)
         tap("qkv_out", qkv)
-        q, k, v = torch.split(qkv.reshape(b, t, -1), [nq * d, nkv * d, nkv * d], dim=-1)
-        k = k.reshape(b, t, nkv, d).transpose(1, 2)
-        tap("k_pre", k)
-        q = self.rope(q.reshape(b, t, nq, d).transpose(1, 2), positions)
-        k = self.rope(k, positions)
-        v = v.reshape(b, t, nkv, d).transpose(1, 2)
-        tap("k", k)
-        tap("v", v)
-        k_all, v_all = cache.append(i, k, v)
-        a = self.attention(q, k_all, v_all, start).transpose(1, 2).reshape(b * t, nq * d)
+        attend = getattr(cache, "attend", None)
+        if attend is not None:  # the cache does RoPE + append + attention (no k_pre/k/v taps)
+            a = attend(i, qkv, positions)
+        else:
+            q, k, v = torch.split(qkv.reshape(b, t, -1), [nq * d, nkv * d, nkv * d], dim=-1)
+            k = k.reshape(b, t, nkv, d).transpose(1, 2)
+            tap("k_pre", k)
+            q = self.rope(q.reshape(b, t, nq, d).transpose(1, 2), positions)
+            k = self.rope(k, positions)
+            v = v.reshape(b, t, nkv, d).transpose(1, 2)
+            tap("k", k)
+            tap("v", v)
+            k_all, v_all = cache.append(i, k, v)
+            a = self.attention(q, k_all, v_all, start).transpose(1, 2).reshape(b * t, nq * d)
         tap("dense_in", a)
         o = layer.dense(a)
         tap("dense_out", o)
@@ -238,7 +247,16 @@ class Decoder:
         if perm is None:
             return lambda x: self.rms_norm(x, w)
         idx = perm.to(self.device).long()
-        return lambda x: self.rms_norm(x[..., idx], w)
+        eps = self.spec.norm_epsilon
+
+        def norm(x: torch.Tensor) -> torch.Tensor:
+            # The mean square is summed in the input's own channel order, then the channels are
+            # gathered: exactly lowbit.reference.atom_rmsnorm_quantize (and the fused kernel), so
+            # a code never flips on a last-bit difference of the sum order.
+            xf = x.float()
+            rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+            return ((xf * rstd)[..., idx] * w).to(self.dtype)
+        return norm
 
 
 class ReferenceModel(Decoder):
