@@ -1,4 +1,4 @@
-"""python -m builder <command>: convert, run, eval (build, compare and triton come later).
+"""python -m builder <command>: convert, build, run, eval (compare and triton come later).
 
 User mistakes exit with code 2 and a one-line error; --debug shows the traceback.
 """
@@ -162,6 +162,64 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace a non-empty output directory")
     _add_quant_options(c)
 
+    b = sub.add_parser(
+        "build", help="model or checkpoint -> verified ONNX graph -> TensorRT engine",
+        description="Build a TensorRT engine: convert (and quantize) the model into "
+                    "OUTPUT/checkpoint, export the ONNX graph (plugin nodes for the quantized "
+                    "layers) into OUTPUT/onnx, verify it on CPU against the reference runtime, "
+                    "and build OUTPUT/engine where TensorRT is installed. Without TensorRT "
+                    "(--target auto) it stops after the verified ONNX and prints the one "
+                    "command that finishes on a TensorRT machine.")
+    src = b.add_mutually_exclusive_group()
+    _add_model_source(src)
+    src.add_argument("--checkpoint", metavar="DIR",
+                     help="start from a checkpoint written by `convert` (its scheme must be "
+                          "--scheme)")
+    src.add_argument("--onnx", metavar="PATH",
+                     help="start from a model.onnx written by an earlier `build` (its "
+                          "graph_config.json beside it): build only the engine")
+    b.add_argument("--scheme", choices=SCHEMES, default=None,
+                   help="fp16, smoothquant-w8a8 or atom-w4a4 (required unless --onnx)")
+    b.add_argument("--output", "-o", required=True, metavar="DIR",
+                   help="build directory: checkpoint/, onnx/ and engine/ are written inside")
+    b.add_argument("--target", choices=("auto", "tensorrt", "onnx"), default="auto",
+                   help="auto: the engine where TensorRT and the plugin library are present, "
+                        "else the verified ONNX and a notice; tensorrt: the engine or exit 2; "
+                        "onnx: stop after the verified ONNX (default auto)")
+    b.add_argument("--force", action="store_true",
+                   help="replace non-empty checkpoint/, onnx/, engine/ directories")
+    b.add_argument("--dtype", choices=DTYPES, default="float16",
+                   help="dtype of the float tensors of the checkpoint converted from --model "
+                        "(default float16); the engine computes in float16")
+    b.set_defaults(tp_size=1)
+    _add_quant_options(b)
+    gr = b.add_argument_group("graph")
+    gr.add_argument("--all-logits", action="store_true",
+                    help="logits of every token [T, V] instead of the last token of each "
+                         "sequence [B, V]")
+    gr.add_argument("--tokens-per-block", type=int, default=64, metavar="N",
+                    help="KV cache tokens per block (default 64)")
+    gr.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                    help="run the graph on CPU against the reference runtime on a short "
+                         "prompt (default on)")
+    pr = b.add_argument_group("engine profile")
+    d = _profile_defaults()
+    pr.add_argument("--max-batch-size", type=int, default=d.max_batch_size, metavar="N",
+                    help=f"sequences per step (default {d.max_batch_size})")
+    pr.add_argument("--max-input-len", type=int, default=d.max_input_len, metavar="N",
+                    help=f"tokens of one prompt (default {d.max_input_len})")
+    pr.add_argument("--max-seq-len", type=int, default=d.max_seq_len, metavar="N",
+                    help=f"prompt + generated tokens of one sequence (default {d.max_seq_len})")
+    pr.add_argument("--max-num-tokens", type=int, default=None, metavar="N",
+                    help="tokens per step over all sequences (default: max(max input len, "
+                         "max batch size))")
+    pr.add_argument("--num-blocks", type=int, default=None, metavar="N",
+                    help="KV cache pool blocks (default: every sequence at --max-seq-len)")
+    pr.add_argument("--workspace-gib", type=float, default=8.0, metavar="G",
+                    help="TensorRT workspace memory-pool limit in GiB (default 8)")
+    pr.add_argument("--timing-cache", metavar="FILE",
+                    help="TensorRT timing cache, read if present and written after the build")
+
     r = sub.add_parser("run", help="generate text from a checkpoint (reference runtime)",
                        description="Generate text with the PyTorch reference runtime; uses the "
                                    "tokenizer's chat template when it has one.")
@@ -210,12 +268,11 @@ def _torch_dtype(name: str | None) -> Any:
     return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[name]
 
 
-def cmd_convert(a: argparse.Namespace) -> int:
-    from converters.checkpoint import check_output_dir, convert
+def _convert_model(a: argparse.Namespace, out: Path, force: bool) -> None:
+    """convert's work (model -> checkpoint in `out`), shared by convert and build."""
+    from converters.checkpoint import convert
     from converters.loader import open_model
 
-    out = Path(a.output)
-    check_output_dir(out, a.force)  # fail before the (slow) model load
     t0 = time.perf_counter()
     src = open_model(a.model)
     print(f"model: {src.description} ({src.spec.architecture}, "
@@ -233,12 +290,20 @@ def cmd_convert(a: argparse.Namespace) -> int:
             text = dataset_text(a.calib_dataset)
         else:
             text = calibration_text()
-        quantize_model(src, out, cfg, text, dtype=a.dtype, tp_size=a.tp_size, force=a.force,
+        quantize_model(src, out, cfg, text, dtype=a.dtype, tp_size=a.tp_size, force=force,
                        calib_stats=Path(a.calib_stats) if a.calib_stats else None,
                        extra_config=extra)
     else:
-        convert(src, out, dtype=a.dtype, tp_size=a.tp_size, force=a.force, extra_config=extra)
+        convert(src, out, dtype=a.dtype, tp_size=a.tp_size, force=force, extra_config=extra)
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+
+
+def cmd_convert(a: argparse.Namespace) -> int:
+    from converters.checkpoint import check_output_dir
+
+    out = Path(a.output)
+    check_output_dir(out, a.force)  # fail before the (slow) model load
+    _convert_model(a, out, a.force)
     return 0
 
 
@@ -325,7 +390,157 @@ def cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"convert": cmd_convert, "run": cmd_run, "eval": cmd_eval}
+def _profile_defaults() -> Any:
+    from builder.engine import Profile
+
+    return Profile()
+
+
+def cmd_build(a: argparse.Namespace) -> int:
+    from builder import engine as E
+    from converters.checkpoint import check_output_dir
+
+    out = Path(a.output)
+    profile = E.Profile(a.max_batch_size, a.max_input_len, a.max_seq_len, a.max_num_tokens,
+                        a.num_blocks)
+    profile.check()  # inconsistent limits fail before anything is converted or built
+    if a.tokens_per_block < 1:
+        raise UserError(f"--tokens-per-block must be >= 1, found {a.tokens_per_block}")
+    build = dict(profile=profile, workspace_gib=a.workspace_gib, timing_cache=a.timing_cache,
+                 force=a.force)
+    if a.onnx:
+        return _build_from_onnx(a, Path(a.onnx), out, build)
+    if a.scheme is None:
+        raise UserError("build needs --scheme (fp16, smoothquant-w8a8 or atom-w4a4) unless it "
+                        "starts from --onnx")
+    from converters.checkpoint import read_config
+
+    if a.checkpoint:
+        from builder.onnx_graph import checkpoint_scheme
+
+        cfg = read_config(Path(a.checkpoint))
+        found = checkpoint_scheme(cfg)
+        if found != a.scheme:
+            qa = (cfg.get("quantization") or {}).get("quant_algo")
+            raise UserError(f"checkpoint {a.checkpoint} is {found} (quant_algo {qa}), but "
+                            f"--scheme {a.scheme} was requested")
+        kv = (cfg.get("quantization") or {}).get("kv_cache_quant_algo")
+    else:
+        kv = {"int4": "INT4", "int8": "INT8"}.get(
+            a.kv_cache or ("int4" if a.scheme == "atom-w4a4" else "fp16"))
+    needs_plugins = a.scheme != "fp16" or kv == "INT4"
+    engine, missing = _engine_possible(needs_plugins)
+    if a.target == "tensorrt" and not engine:
+        raise UserError(f"--target tensorrt: {'; '.join(missing)}")
+    if a.target == "onnx":
+        engine = False
+    ckpt_dir = Path(a.checkpoint) if a.checkpoint else out / "checkpoint"
+    for sub, used in (("checkpoint", not a.checkpoint), ("onnx", True), ("engine", engine)):
+        if used:
+            check_output_dir(out / sub, a.force)
+    t0 = time.perf_counter()
+    if not a.checkpoint:
+        _convert_model(a, ckpt_dir, a.force)
+    onnx_path = _export_and_verify(a, ckpt_dir, out / "onnx")
+    if engine:
+        E.build_engine(onnx_path, out / "engine", **build)
+        print(f"wrote {out / 'engine'} ({E.ENGINE_FILE}, {E.ENGINE_CONFIG}, tokenizer) in "
+              f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        return 0
+    print(f"wrote {out / 'onnx'} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    if a.target == "auto":
+        print(_notice(missing, onnx_path, out, profile))
+    return 0
+
+
+def _engine_possible(needs_plugins: bool) -> tuple[bool, list[str]]:
+    """(an engine can be built here, what is missing)."""
+    from builder import engine as E
+
+    missing = []
+    ok, why = E.tensorrt_status()
+    if not ok:
+        missing.append(why)
+    if needs_plugins:
+        try:
+            E.find_plugin_library()
+        except UserError as e:
+            missing.append(str(e))
+    return not missing, missing
+
+
+def _export_and_verify(a: argparse.Namespace, ckpt_dir: Path, out: Path) -> Path:
+    from builder.onnx_graph import MODEL_FILE, export_onnx
+    from converters.checkpoint import read_checkpoint
+
+    ckpt = read_checkpoint(ckpt_dir)
+    extra: dict[str, Any] = {}
+    if a.verify:
+        from builder.verify import VerificationError, default_prompts, verify_checkpoint
+        from converters.checkpoint import load_tokenizer
+
+        v = int(ckpt.config["vocab_size"])
+        try:
+            prompts = default_prompts(load_tokenizer(ckpt_dir))
+        except UserError:  # no tokenizer
+            prompts = []
+        if not prompts or any(not p or max(p) >= v for p in prompts):  # fixed token ids
+            prompts = [[(7 * i + 3) % v for i in range(6)], [(11 * i + 5) % v for i in range(13)]]
+        res = verify_checkpoint(ckpt, prompts, tokens_per_block=a.tokens_per_block,
+                                all_logits=a.all_logits)
+        print(f"verify: {res.summary()}", file=sys.stderr)
+        if not res.passed:
+            raise VerificationError(f"graph verification failed: {res.summary()}")
+        extra["verification"] = {"max_rel": res.max_rel, "tolerance": res.tolerance,
+                                 "runner": res.runner, "steps": res.steps,
+                                 "prompt_tokens": [len(p) for p in prompts]}
+    mpe = int(ckpt.config.get("max_position_embeddings") or 0)
+    export_onnx(ckpt, out, dtype="float16", all_logits=a.all_logits,
+                tokens_per_block=a.tokens_per_block, max_positions=max(mpe, a.max_seq_len),
+                force=a.force, extra=extra)
+    return out / MODEL_FILE
+
+
+def _build_from_onnx(a: argparse.Namespace, onnx_path: Path, out: Path,
+                     build: dict[str, Any]) -> int:
+    from builder import engine as E
+    from builder.onnx_graph import read_graph_info
+    from converters.checkpoint import check_output_dir
+
+    if not onnx_path.is_file():
+        raise UserError(f"--onnx {onnx_path}: no such file")
+    info = read_graph_info(onnx_path)
+    if a.scheme is not None and a.scheme != info.scheme:
+        raise UserError(f"{onnx_path} is a {info.scheme} graph, but --scheme {a.scheme} was "
+                        f"requested")
+    if a.target == "onnx":
+        raise UserError("--onnx with --target onnx has nothing to do: the graph exists")
+    engine, missing = _engine_possible(bool(info.plugin_ops))
+    if not engine:
+        raise UserError(f"building the engine from --onnx: {'; '.join(missing)}")
+    build["profile"].resolve(info)
+    check_output_dir(out / "engine", a.force)
+    t0 = time.perf_counter()
+    E.build_engine(onnx_path, out / "engine", **build)
+    print(f"wrote {out / 'engine'} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return 0
+
+
+def _notice(missing: list[str], onnx_path: Path, out: Path, profile: Any) -> str:
+    cmd = (f"python -m builder build --onnx {onnx_path} --output {out} "
+           f"--max-batch-size {profile.max_batch_size} --max-input-len {profile.max_input_len} "
+           f"--max-seq-len {profile.max_seq_len}")
+    if profile.max_num_tokens is not None:
+        cmd += f" --max-num-tokens {profile.max_num_tokens}"
+    if profile.num_blocks is not None:
+        cmd += f" --num-blocks {profile.num_blocks}"
+    return ("notice: no TensorRT engine was built here: " + "; ".join(missing) + ".\n"
+            f"The verified ONNX graph is in {onnx_path.parent}. On a machine with an NVIDIA GPU, "
+            "TensorRT (pip install -e \".[tensorrt]\") and the plugin library, finish with:\n"
+            f"  {cmd}")
+
+
+COMMANDS = {"convert": cmd_convert, "build": cmd_build, "run": cmd_run, "eval": cmd_eval}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -337,6 +552,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        from builder.verify import VerificationError
+
+        if args.debug or not isinstance(e, VerificationError):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

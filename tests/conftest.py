@@ -79,3 +79,43 @@ def smollm2_hf(smollm2_path):
 
     return AutoModelForCausalLM.from_pretrained(
         str(smollm2_path.parent), gguf_file=smollm2_path.name, dtype=torch.float32).eval()
+
+
+def _smollm2_quantized(tmp_path_factory, smollm2_path, name: str, cfg) -> Path:
+    from converters.data import calibration_text
+    from converters.loader import open_model
+    from converters.quantize import quantize_model
+
+    out = tmp_path_factory.mktemp("smolq") / name
+    quantize_model(open_model(smollm2_path), out, cfg, calibration_text(), dtype="float16",
+                   progress=False)
+    return out
+
+
+# Small calibration (4 windows of 64 tokens, no GPTQ, no searches): quick checkpoints with the
+# real shapes and formats, for graph and engine tests (not for accuracy).
+SMALL_CALIBRATION = dict(num_samples=4, seq_len=64, batch_size=4, hessian_every=1,
+                         sample_tokens=128)
+
+
+@pytest.fixture(scope="session")
+def smollm2_atom_checkpoint(tmp_path_factory, smollm2_path) -> Path:
+    """SmolLM2 quantized with Atom W4A4 + INT4 KV (float16 checkpoint, small calibration)."""
+    from converters.schemes import AtomConfig, CalibrationConfig, KVCacheConfig, QuantizeConfig
+
+    cfg = QuantizeConfig(scheme="atom-w4a4",
+                         atom=AtomConfig(gptq=False, weight_clip_search=False),
+                         kv=KVCacheConfig(kind="int4", k_group_size=32, smooth_k=0.5),
+                         calibration=CalibrationConfig(**SMALL_CALIBRATION))
+    return _smollm2_quantized(tmp_path_factory, smollm2_path, "atom", cfg)
+
+
+@pytest.fixture(scope="session")
+def smollm2_sq_checkpoint(tmp_path_factory, smollm2_path) -> Path:
+    """SmolLM2 quantized with SmoothQuant W8A8 per token (float16 checkpoint, small
+    calibration, no GPTQ)."""
+    from converters.schemes import CalibrationConfig, QuantizeConfig, SmoothQuantConfig
+
+    cfg = QuantizeConfig(scheme="smoothquant-w8a8", smoothquant=SmoothQuantConfig(gptq=False),
+                         calibration=CalibrationConfig(**SMALL_CALIBRATION))
+    return _smollm2_quantized(tmp_path_factory, smollm2_path, "sq", cfg)
