@@ -145,7 +145,8 @@ def test_cuda_kernels_match_reference_path(tmp_path, scheme):
 def _greedy(m, cache, prompt, steps, feed=None):
     """Prefill `prompt` [B, P], then `steps` decode steps of one token per sequence: the argmax
     of the last logits, or feed[:, j] (teacher forcing). -> (prefill logits [B, P, V], decode
-    logits [steps, B, V] (the logits that chose each fed token), tokens fed [B, steps])."""
+    logits [steps, B, V] (entry j: the logits after feeding token j, which choose token j + 1),
+    tokens fed [B, steps])."""
     pre = m.forward(prompt, cache)
     last, outs, toks = pre[:, -1], [], []
     for j in range(steps):
@@ -221,9 +222,7 @@ def test_cuda_int4_kv_kernels_match_torch_cache(tmp_path, monkeypatch, name):
     # positions / RoPE / the block table matter to the logits
     tiny_hf_model("llama", hidden_size=256, intermediate_size=384, num_attention_heads=4,
                   num_key_value_heads=2, initializer_range=0.1).save_pretrained(tmp_path / "hf")
-    kw = {"scheme": "atom-w4a4", "atom": AtomConfig(outliers=128, group_size=128)} \
-        if name == "atom-kv4" else {}
-    cfg = QuantizeConfig(**kw, kv=KVCacheConfig(kind="int4", k_group_size=16, smooth_k=0.5),
+    cfg = QuantizeConfig(kv=KVCacheConfig(kind="int4", k_group_size=16, smooth_k=0.5),
                          calibration=CAL)
     w = torch.randint(0, 128, (8, 32), generator=torch.Generator().manual_seed(5))
     quantize_model(open_model(tmp_path / "hf"), tmp_path / "q", cfg, w, progress=False)
