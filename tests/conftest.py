@@ -119,3 +119,21 @@ def smollm2_sq_checkpoint(tmp_path_factory, smollm2_path) -> Path:
     cfg = QuantizeConfig(scheme="smoothquant-w8a8", smoothquant=SmoothQuantConfig(gptq=False),
                          calibration=CalibrationConfig(**SMALL_CALIBRATION))
     return _smollm2_quantized(tmp_path_factory, smollm2_path, "sq", cfg)
+
+
+@pytest.fixture(scope="session")
+def smollm2_sq_static_int8kv_checkpoint(tmp_path_factory, smollm2_path) -> Path:
+    """SmolLM2 quantized with SmoothQuant W8A8, static per-tensor activation scales and an INT8
+    KV cache (float16 checkpoint, small calibration, no GPTQ)."""
+    from converters.schemes import (
+        CalibrationConfig,
+        KVCacheConfig,
+        QuantizeConfig,
+        SmoothQuantConfig,
+    )
+
+    cfg = QuantizeConfig(scheme="smoothquant-w8a8",
+                         smoothquant=SmoothQuantConfig(gptq=False, act_quant="per-tensor"),
+                         kv=KVCacheConfig(kind="int8"),
+                         calibration=CalibrationConfig(**SMALL_CALIBRATION))
+    return _smollm2_quantized(tmp_path_factory, smollm2_path, "sq-static-int8kv", cfg)
