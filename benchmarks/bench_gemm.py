@@ -160,7 +160,7 @@ def run(out: Path, ms=MS, shapes=SHAPES) -> list[dict]:
     return rows
 
 
-SWEEP_W8 = ("large", "wgmma", "wgmma_n128", "wgmma_n64", "wgmma_n32", "wgmma_sk",
+SWEEP_W8 = ("large", "wgmma", "wgmma_n128", "wgmma_n96", "wgmma_n64", "wgmma_n32", "wgmma_sk",
             "wgmma_sk64x2", "wgmma_sk64x3", "wgmma_sk64x4", "wgmma_sk32x2", "wgmma_sk32x3",
             "wgmma_sk32x4", "auto")
 SWEEP_W4 = ("mid", "large", "wgmma", "wgmma_n128")  # W4A4 wgmma_n128 = ping-pong variant

@@ -2,6 +2,7 @@
 
 Run: PYTHONPATH=python ncu --clock-control none -k regex:'skinny|igemm|Quantize' \
          python benchmarks/profile_once.py [which ...]     (which: decode prefill quant w8a8)
+prefill=CONFIG forces a W4A4 configuration (ops.CONFIGS), e.g. prefill=wgmma_alt.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ def main(which: list[str]) -> None:
     if "decode" in which:
         a = ops.atom_reorder_quantize(x[:1], perm, ko, gs, 0.9)
         ops.w4a4_gemm(*a, *w, gs)
-    if "prefill" in which:
-        a = ops.atom_reorder_quantize(x[:4096], perm, ko, gs, 0.9)
-        ops.w4a4_gemm(*a, *w, gs)
+    for item in which:
+        if item == "prefill" or item.startswith("prefill="):
+            a = ops.atom_reorder_quantize(x[:4096], perm, ko, gs, 0.9)
+            ops.w4a4_gemm(*a, *w, gs, config=item.partition("=")[2] or "auto")
     if "quant" in which:
         ops.atom_rmsnorm_quantize(x, gamma, perm, 1e-5, ko, gs, 0.9)
         ops.rmsnorm_quantize_int8(x, gamma, 1e-5)

@@ -432,7 +432,8 @@ enum ConfigId {
   // S = 2/3/4; 15/16/17: 128x32 tile, S = 2/3/4.
   kCfgWgmmaSplit = 11,
   kCfgWgmmaSk64x2 = 12, kCfgWgmmaSk64x3 = 13, kCfgWgmmaSk64x4 = 14,
-  kCfgWgmmaSk32x2 = 15, kCfgWgmmaSk32x3 = 16, kCfgWgmmaSk32x4 = 17
+  kCfgWgmmaSk32x2 = 15, kCfgWgmmaSk32x3 = 16, kCfgWgmmaSk32x4 = 17,
+  kCfgWgmmaN96 = 18  // W8A8 128x96 tile (small M, N = 11008: one wave); W4A4: unsupported
 };
 
 
@@ -474,7 +475,8 @@ inline int pickW8a8WgmmaConfig(int M, int N, int K) {
   if (M <= 64) {
     int bn = 128, s = 1;
     wg::pickW8a8Split(M, N, K, 1, &bn, &s);
-    return bn == 128 ? kCfgWgmmaN128 : bn == 64 ? kCfgWgmmaN64 : kCfgWgmmaN32;
+    return bn == 128 ? kCfgWgmmaN128 : bn == 96 ? kCfgWgmmaN96
+                                      : bn == 64 ? kCfgWgmmaN64 : kCfgWgmmaN32;
   }
   if (M <= 128) return N >= 8192 ? kCfgWgmmaN128 : (M <= 64 ? kCfgWgmmaN64 : kCfgWgmmaN32);
   if (M <= 512) return kCfgWgmmaN64;
@@ -540,6 +542,7 @@ inline int dispatch(const Problem& p, int config, cudaStream_t stream) {
           wg::pickW8a8Split(p.M, p.N, p.K8, 2, &bn, &s);
           if (s == 1)
             return bn == 128  ? wg::launchW8a8<128>(p, stream)
+                   : bn == 96 ? wg::launchW8a8<96>(p, stream)
                    : bn == 64 ? wg::launchW8a8<64>(p, stream)
                               : wg::launchW8a8<32>(p, stream);
         } else {
@@ -555,6 +558,7 @@ inline int dispatch(const Problem& p, int config, cudaStream_t stream) {
       }
     case kCfgWgmma:
     case kCfgWgmmaN128:
+    case kCfgWgmmaN96:
     case kCfgWgmmaN64:
     case kCfgWgmmaN32:
       if (!wg::wgmmaAvailable()) return LOWBIT_ERR_UNSUPPORTED;
@@ -562,11 +566,13 @@ inline int dispatch(const Problem& p, int config, cudaStream_t stream) {
         switch (config) {
           case kCfgWgmma: return wg::launchW8a8<256>(p, stream);
           case kCfgWgmmaN128: return wg::launchW8a8<128>(p, stream);
+          case kCfgWgmmaN96: return wg::launchW8a8<96>(p, stream);
           case kCfgWgmmaN64: return wg::launchW8a8<64>(p, stream);
           default: return wg::launchW8a8<32>(p, stream);
         }
       } else if constexpr (MODE == kW4A4G128) {
-        if (config == kCfgWgmmaN64 || config == kCfgWgmmaN32) return LOWBIT_ERR_UNSUPPORTED;
+        if (config == kCfgWgmmaN96 || config == kCfgWgmmaN64 || config == kCfgWgmmaN32)
+          return LOWBIT_ERR_UNSUPPORTED;
         if (!wg::w4a4Fits(p, 128)) {
           if (!autoPick) return LOWBIT_ERR_UNSUPPORTED;
           return launchConfig<CfgLarge, MODE>(p, stream);

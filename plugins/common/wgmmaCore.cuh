@@ -35,12 +35,14 @@
 //     * A (activations): ldmatrix of the packed rows, widened in registers = the wgmma A fragment.
 //     The K order inside each k32 step is permuted identically for A and B (even nibbles of the
 //     4 words of a 16-byte chunk first, then odd ones; see widenRow), which leaves the sum intact.
-//     Products are 256 x the int4 products; the group sum |s| <= 256*8*8*128 = 2^21 < 2^22, so
-//     accumulators start at the fp32 bits of 1.5*2^23 (igemm::kMagic) and one FADD recovers s
-//     (igemmCore.cuh). Per group: wgmma(g) is issued, then B(g+1)/A(g+1) are widened while it
-//     runs, then wait and fold accF += (acc - magic) * (xs4/256 * ws4t) (fp32, the product of two
-//     fp16 is exact) and reset acc to magic. The int8 outlier slices then run as plain SS wgmma
-//     into the same integer accumulators, scaled once by xs8 * ws8 at the end.
+//     Products are 256 x the int4 products; the group sum |s| <= 256*8*8*128 = 2^21 < 2^24, so
+//     its int32 -> fp32 conversion is exact. Per group: wgmma(g) is issued (its first k32 step
+//     with scale-d = 0: no reset moves), then B(g+1)/A(g+1) are widened while it runs, then wait
+//     and fold accF += float(acc) * (xs4/256 * ws4t) (fp32, the product of two fp16 is exact).
+//     (Before: accumulators started at the fp32 bits of 1.5*2^23 and a FADD recovered s, plus 64
+//     reset moves per group: one instruction more per element, NOTES log 11.) The int8 outlier
+//     slices then run as plain SS wgmma into the same integer accumulators (from 0 at the first),
+//     scaled once by xs8 * ws8 at the end.
 #pragma once
 
 #include "common/wgmmaOps.cuh"
@@ -77,11 +79,13 @@ struct W8Args {
 // Explicit tile configurations: 128 x BN output tile, 128 bytes of K per stage.
 //   BN = 256: 48 KiB stages x 4 = 192 KiB (m64n256k32, 128 accumulator registers per thread)
 //   BN = 128: 32 KiB stages x 6 = 192 KiB (m64n128k32, 64 registers; twice the tiles)
-//   BN = 64 / 32: small M (one M-tile): more CTAs streaming weights; 24 / 20 KiB stages x 8
+//   BN = 96 / 64 / 32: small M (one M-tile): more CTAs streaming weights; 28 / 24 / 20 KiB
+//   stages x 7 / 8 / 8 (96: N = 11008 gives 115 tiles, one wave on 132 SMs, where 128 leaves 46
+//   SMs idle and 64 needs two rounds)
 template <int BN>
 struct W8Cfg {
   static constexpr int BM = 128, BK = 128;
-  static constexpr int STAGES = BN == 256 ? 4 : BN == 128 ? 6 : 8;
+  static constexpr int STAGES = BN == 256 ? 4 : BN == 128 ? 6 : BN == 96 ? 7 : 8;
   static constexpr int kABytes = BM * BK, kBBytes = BN * BK;
   static constexpr int kStageBytes = kABytes + kBBytes;
   static constexpr int kSmemBytes = STAGES * kStageBytes + 1024 + 256;  // + alignment, barriers
@@ -91,6 +95,7 @@ template <int BN>
 __device__ __forceinline__ void wgmmaSSN(int (&d)[BN / 2], uint64_t da, uint64_t db, int sc) {
   if constexpr (BN == 256) wgmmaSS256(d, da, db, sc);
   else if constexpr (BN == 128) wgmmaSS128(d, da, db, sc);
+  else if constexpr (BN == 96) wgmmaSS96(d, da, db, sc);
   else if constexpr (BN == 64) wgmmaSS64(d, da, db, sc);
   else wgmmaSS32(d, da, db, sc);
 }
@@ -438,8 +443,6 @@ __global__ void __launch_bounds__(kThreads, 1)
                     const __grid_constant__ CUtensorMap tmW8, const W4Args p) {
 #if defined(LOWBIT_WGMMA_OK)
   using C = W4Cfg;
-  constexpr int kMagic = 0x4B400000;     // fp32 bits of 1.5 * 2^23 (igemmCore.cuh)
-  constexpr float kMagicF = 12582912.0f;
   extern __shared__ uint8_t smemRaw[];
   uint8_t* smem = align1024(smemRaw);
   uint8_t* wbufBase = smem + C::STAGES * C::kStageBytes;
@@ -505,7 +508,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int r0c = min(r0, p.M - 1), r1c = min(r1, p.M - 1);
 #pragma unroll
       for (int i = 0; i < 64; ++i) {
-        accI[i] = kMagic;
+        accI[i] = 0;
         accF[i] = 0.f;
       }
       // prologue: slice 0 (the first slice is int4: slices4 >= 1)
@@ -526,12 +529,13 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (int4) {
           const uint64_t db = makeDesc(smem32(wbuf + wb * C::kWbufBytes), kSw128, 1024);
 #pragma unroll
-          for (int s = 0; s < 4; ++s) wgmmaRS128(accI, aCur[s], db + 2 * s, 1);
-        } else {
+          for (int s = 0; s < 4; ++s) wgmmaRS128(accI, aCur[s], db + 2 * s, s > 0);
+        } else {  // the outliers accumulate over all int8 slices, from 0 at the first
           const uint64_t da = makeDesc(stA, kSw64, 512);
           const uint64_t db = makeDesc(stA + C::kABytes + cw * 128 * 64, kSw64, 512);
+          const int first = i == p.slices4;
 #pragma unroll
-          for (int s = 0; s < 2; ++s) wgmmaSS128(accI, da + 2 * s, db + 2 * s, 1);
+          for (int s = 0; s < 2; ++s) wgmmaSS128(accI, da + 2 * s, db + 2 * s, !(first && s == 0));
         }
         wgCommit();
         float xa = 0.f, xb = 0.f;
@@ -563,14 +567,10 @@ __global__ void __launch_bounds__(kThreads, 1)
           for (int j = 0; j < 16; ++j) {
             const float2 w = __half22float2(wsS[cw * 64 + j * 4 + t]);
             const float s00 = xa * w.x, s01 = xa * w.y, s10 = xb * w.x, s11 = xb * w.y;
-            accF[4 * j + 0] = fmaf(__int_as_float(accI[4 * j + 0]) - kMagicF, s00, accF[4 * j + 0]);
-            accF[4 * j + 1] = fmaf(__int_as_float(accI[4 * j + 1]) - kMagicF, s01, accF[4 * j + 1]);
-            accF[4 * j + 2] = fmaf(__int_as_float(accI[4 * j + 2]) - kMagicF, s10, accF[4 * j + 2]);
-            accF[4 * j + 3] = fmaf(__int_as_float(accI[4 * j + 3]) - kMagicF, s11, accF[4 * j + 3]);
-            accI[4 * j + 0] = kMagic;
-            accI[4 * j + 1] = kMagic;
-            accI[4 * j + 2] = kMagic;
-            accI[4 * j + 3] = kMagic;
+            accF[4 * j + 0] = fmaf(static_cast<float>(accI[4 * j + 0]), s00, accF[4 * j + 0]);
+            accF[4 * j + 1] = fmaf(static_cast<float>(accI[4 * j + 1]), s01, accF[4 * j + 1]);
+            accF[4 * j + 2] = fmaf(static_cast<float>(accI[4 * j + 2]), s10, accF[4 * j + 2]);
+            accF[4 * j + 3] = fmaf(static_cast<float>(accI[4 * j + 3]), s11, accF[4 * j + 3]);
           }
         }
         namedBarrier(1 + cw, 128);  // this warpgroup is done with stage `cur` and buffer wb
@@ -590,10 +590,10 @@ __global__ void __launch_bounds__(kThreads, 1)
         for (int j = 0; j < 16; ++j) {
           const int col = min(colBase + j * 8, p.N - 2);
           const float w0 = __half2float(p.ws8[col]), w1 = __half2float(p.ws8[col + 1]);
-          accF[4 * j + 0] = fmaf(static_cast<float>(accI[4 * j + 0] - kMagic), x0 * w0, accF[4 * j + 0]);
-          accF[4 * j + 1] = fmaf(static_cast<float>(accI[4 * j + 1] - kMagic), x0 * w1, accF[4 * j + 1]);
-          accF[4 * j + 2] = fmaf(static_cast<float>(accI[4 * j + 2] - kMagic), x1 * w0, accF[4 * j + 2]);
-          accF[4 * j + 3] = fmaf(static_cast<float>(accI[4 * j + 3] - kMagic), x1 * w1, accF[4 * j + 3]);
+          accF[4 * j + 0] = fmaf(static_cast<float>(accI[4 * j + 0]), x0 * w0, accF[4 * j + 0]);
+          accF[4 * j + 1] = fmaf(static_cast<float>(accI[4 * j + 1]), x0 * w1, accF[4 * j + 1]);
+          accF[4 * j + 2] = fmaf(static_cast<float>(accI[4 * j + 2]), x1 * w0, accF[4 * j + 2]);
+          accF[4 * j + 3] = fmaf(static_cast<float>(accI[4 * j + 3]), x1 * w1, accF[4 * j + 3]);
         }
       }
 #pragma unroll
@@ -766,17 +766,17 @@ inline int launchW8a8Split(const igemm::Problem& p, int S, cudaStream_t stream) 
   return e == cudaSuccess ? launchStatus() : cudaStatus(e);
 }
 
-// Small-M (weight-streaming) choice among 128 x 128 (S = 1) / 128 x 64 / 128 x 32 tiles, split
-// S = 1..maxSplit: the time of
-// the busiest CTA in k-block units, rounds x (k-blocks x (BN + 16) [+ reduction]), the + 16
-// standing for the per-k-block A box (w8aRows). *bn = 128, 64 or 32, *split = 1..4.
+// Small-M (weight-streaming) choice among 128 x 128 / 128 x 96 (S = 1) / 128 x 64 / 128 x 32
+// tiles, split S = 1..maxSplit: the time of the busiest CTA in k-block units,
+// rounds x (k-blocks x (BN + A rows) [+ reduction]), A rows being the per-k-block A box
+// (w8aRows). *bn = 128, 96, 64 or 32, *split = 1..4 (split only for 64 / 32).
 inline void pickW8a8Split(int M, int N, int K, int maxSplit, int* bn, int* split) {
   const int kb = (K + 127) / 128, tm = (M + 127) / 128, ar = w8aRows(M);
   long best = -1;
   *bn = 64;
   *split = 1;
-  for (int b : {128, 64, 32}) {
-    for (int s = 1; s <= (b == 128 ? 1 : maxSplit); ++s) {  // S = 3/4 measured slower (log 10)
+  for (int b : {128, 96, 64, 32}) {
+    for (int s = 1; s <= (b >= 96 ? 1 : maxSplit); ++s) {  // S = 3/4 measured slower (log 10)
       const int tiles = tm * ((N + b - 1) / b);
       const int slots = s == 1 ? igemm::multiprocessorCount()
                                : (b == 64 ? maxActiveClusters<64>(s) : maxActiveClusters<32>(s));

@@ -288,6 +288,24 @@ __device__ __forceinline__ void wgmmaRS128(int (&d)[64], const uint32_t (&a)[4],
 #endif
 }
 
+// D[64 x 96] (s32) (+)= A[64 x 32] (s8, smem desc) * B[96 x 32]^T (s8, smem desc)
+__device__ __forceinline__ void wgmmaSS96(int (&d)[48], uint64_t da, uint64_t db, int scaleD) {
+#if defined(LOWBIT_WGMMA_OK)
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %50, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n96k32.s32.s8.s8 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47"
+      "}, %48, %49, p;\n}\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7])
+        , "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15])
+        , "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23])
+        , "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31])
+        , "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39])
+        , "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47])
+      : "l"(da), "l"(db), "r"(scaleD));
+#endif
+}
+
 // D[64 x 64] (s32) (+)= A[64 x 32] (s8, smem desc) * B[64 x 32]^T (s8, smem desc)
 __device__ __forceinline__ void wgmmaSS64(int (&d)[32], uint64_t da, uint64_t db, int scaleD) {
 #if defined(LOWBIT_WGMMA_OK)

@@ -16,7 +16,8 @@ extern "C" {
 //        capability 9.0 only, else LOWBIT_ERR_UNSUPPORTED): 7 128x256, 8 128x128, 9 128x64,
 //        10 128x32 tiles (auto for M >= 32 on Hopper, the tile by M, N and K); 11..17 split-K
 //        over thread-block clusters, never auto: 11 tile and split by shape (S <= 2),
-//        12/13/14 128x64 tile S = 2/3/4, 15/16/17 128x32 tile S = 2/3/4.
+//        12/13/14 128x64 tile S = 2/3/4, 15/16/17 128x32 tile S = 2/3/4; 18 128x96 tile
+//        (auto where one M-tile and N make it the fastest modelled width).
 LOWBIT_API int lowbit_w8a8_gemm(const void* xq, const void* xs, int xs_per_token, const void* wq,
                                 const void* ws, void* y, int M, int N, int K, int config,
                                 void* stream);

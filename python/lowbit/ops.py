@@ -23,7 +23,8 @@ CONFIGS = {"auto": -1, "decode": 0, "mid": 1, "large": 2, "skinny": 3,
            "gemv": 4, "gemv_k16": 5, "gemv_k12": 6, "wgmma": 7, "wgmma_n128": 8,
            "wgmma_n64": 9, "wgmma_n32": 10, "wgmma_sk": 11,
            "wgmma_sk64x2": 12, "wgmma_sk64x3": 13, "wgmma_sk64x4": 14,
-           "wgmma_sk32x2": 15, "wgmma_sk32x3": 16, "wgmma_sk32x4": 17}
+           "wgmma_sk32x2": 15, "wgmma_sk32x3": 16, "wgmma_sk32x4": 17,
+           "wgmma_n96": 18}
 
 
 def _check(t: torch.Tensor, name: str, dtype: torch.dtype | tuple, shape: tuple,

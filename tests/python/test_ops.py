@@ -182,6 +182,12 @@ W8A8_CASES = [  # (M, K, N, static x scale, config)
     (64, 4096, 4096, False, "wgmma_n32"),
     (17, 576, 1536, False, "wgmma_n32"),
     (1000, 1040, 1032, False, "wgmma_n32"),
+    # 128x96 tile: N not a multiple of 96 (1032, 4104), several M-tiles, ragged M
+    (32, 4096, 11008, False, "wgmma_n96"),
+    (200, 1040, 1032, True, "wgmma_n96"),
+    (1000, 576, 1536, False, "wgmma_n96"),
+    (4097, 4096, 4104, False, "wgmma_n96"),
+    (32, 4096, 11008, True, "auto"),  # auto takes 128x96 here (one wave of 115 tiles)
     # split-K over thread-block clusters (DSMEM reduction): ragged M (one or both consumer
     # halves live, several M-tiles), N not a multiple of the tile, K with fewer k-blocks than
     # CTAs in the cluster (K = 144: 2 k-blocks over S = 3/4), several tiles per cluster
