@@ -62,8 +62,12 @@ __device__ __forceinline__ void tileCoords(int tile, int tilesM, int tilesN, int
   nt = r / gsz;
 }
 
+// The first 1024-byte aligned address (of the shared window) at or after p. Pointer arithmetic on
+// the __shared__ array itself: a round trip through uintptr_t hid the address space from the
+// compiler, which then emitted generic LD/ST with 64-bit address math for every shared access
+// through the result (widenRow, the ws4t loads of the fold; NOTES log 11).
 __device__ __forceinline__ uint8_t* align1024(uint8_t* p) {
-  return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(p) + 1023) & ~uintptr_t(1023));
+  return p + ((1024u - (smem32(p) & 1023u)) & 1023u);
 }
 
 // ================================ W8A8 ========================================================
