@@ -104,6 +104,34 @@ __device__ __forceinline__ void wgmmaSSN(int (&d)[BN / 2], uint64_t da, uint64_t
   else wgmmaSS32(d, da, db, sc);
 }
 
+// The W8A8 producer (one thread): for tiles tile0, tile0 + step, ... and k-blocks [kbBeg, kbEnd)
+// of each, wait for a free stage, then TMA the A box (p.aRows rows) and the B box into it.
+// Shared by w8a8WgmmaKernel (all k-blocks) and w8a8WgmmaSplitKernel (this CTA's K range).
+template <class C, int BN, class Args>
+__device__ __forceinline__ void w8aProducer(const CUtensorMap* tmA, const CUtensorMap* tmB,
+                                            const Args& p, uint32_t sbase, uint32_t fullBar,
+                                            uint32_t emptyBar, int tile0, int step, int kbBeg,
+                                            int kbEnd) {
+  tmaPrefetchDesc(tmA);
+  tmaPrefetchDesc(tmB);
+  const int tiles = p.tilesM * p.tilesN;
+  int stage = 0;
+  uint32_t phase = 0;
+  for (int tile = tile0; tile < tiles; tile += step) {
+    int mt, nt;
+    tileCoords(tile, p.tilesM, p.tilesN, mt, nt);
+    for (int kb = kbBeg; kb < kbEnd; ++kb) {
+      mbarWait(emptyBar + 8 * stage, phase ^ 1);
+      const uint32_t fb = fullBar + 8 * stage;
+      mbarExpectTx(fb, p.aRows * C::BK + C::kBBytes);
+      const uint32_t sA = sbase + stage * C::kStageBytes;
+      tmaLoad2d(sA, tmA, kb * C::BK, mt * C::BM, fb);
+      tmaLoad2d(sA + C::kABytes, tmB, kb * C::BK, nt * BN, fb);
+      if (++stage == C::STAGES) { stage = 0; phase ^= 1; }
+    }
+  }
+}
+
 template <int BN>
 __global__ void __launch_bounds__(kThreads, 1)
     w8a8WgmmaKernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmB,
@@ -128,25 +156,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   if (wgi == 0) {  // ---------------- producer ----------------
     setMaxRegsDec<40>();
-    if (threadIdx.x == 0) {
-      tmaPrefetchDesc(&tmA);
-      tmaPrefetchDesc(&tmB);
-      int stage = 0;
-      uint32_t phase = 0;
-      for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-        int mt, nt;
-        tileCoords(tile, p.tilesM, p.tilesN, mt, nt);
-        for (int kb = 0; kb < p.kBlocks; ++kb) {
-          mbarWait(emptyBar + 8 * stage, phase ^ 1);
-          const uint32_t fb = fullBar + 8 * stage;
-          mbarExpectTx(fb, p.aRows * C::BK + C::kBBytes);
-          const uint32_t sA = sbase + stage * C::kStageBytes;
-          tmaLoad2d(sA, &tmA, kb * C::BK, mt * C::BM, fb);
-          tmaLoad2d(sA + C::kABytes, &tmB, kb * C::BK, nt * BN, fb);
-          if (++stage == C::STAGES) { stage = 0; phase ^= 1; }
-        }
-      }
-    }
+    if (threadIdx.x == 0)
+      w8aProducer<C, BN>(&tmA, &tmB, p, sbase, fullBar, emptyBar, blockIdx.x, gridDim.x, 0,
+                         p.kBlocks);
   } else {  // ---------------- consumers ----------------
     setMaxRegsInc<232>();
     const int cw = wgi - 1, tid = threadIdx.x & 127;
@@ -261,25 +273,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   if (wgi == 0) {  // ---------------- producer ----------------
     setMaxRegsDec<40>();
-    if (threadIdx.x == 0) {
-      tmaPrefetchDesc(&tmA);
-      tmaPrefetchDesc(&tmB);
-      int stage = 0;
-      uint32_t phase = 0;
-      for (int tile = cid; tile < tiles; tile += ncl) {
-        int mt, nt;
-        tileCoords(tile, p.tilesM, p.tilesN, mt, nt);
-        for (int kb = kbBeg; kb < kbEnd; ++kb) {
-          mbarWait(emptyBar + 8 * stage, phase ^ 1);
-          const uint32_t fb = fullBar + 8 * stage;
-          mbarExpectTx(fb, p.aRows * C::BK + C::kBBytes);
-          const uint32_t sA = sbase + stage * C::kStageBytes;
-          tmaLoad2d(sA, &tmA, kb * C::BK, mt * C::BM, fb);
-          tmaLoad2d(sA + C::kABytes, &tmB, kb * C::BK, nt * BN, fb);
-          if (++stage == C::STAGES) { stage = 0; phase ^= 1; }
-        }
-      }
-    }
+    if (threadIdx.x == 0)
+      w8aProducer<C, BN>(&tmA, &tmB, p, sbase, fullBar, emptyBar, cid, ncl, kbBeg, kbEnd);
   } else {  // ---------------- consumers ----------------
     setMaxRegsInc<232>();
     const int cw = wgi - 1, tid = threadIdx.x & 127;
