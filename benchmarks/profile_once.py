@@ -1,7 +1,9 @@
 """Launch lowbit kernels once on representative shapes (for `ncu`; no timing here).
 
 Run: PYTHONPATH=python ncu --clock-control none -k regex:'skinny|igemm|Quantize' \
-         python benchmarks/profile_once.py [which ...]     (which: decode prefill quant w8a8)
+         python benchmarks/profile_once.py [which ...]
+which: decode prefill quant w8a8 append kvdecode (append: rope_append of 4096 tokens, Llama-2-7B
+heads; kvdecode: INT4 decode attention, batch 64 x context 8192, Llama-3-8B heads).
 prefill=CONFIG forces a W4A4 configuration (ops.CONFIGS), e.g. prefill=wgmma_alt.
 """
 
@@ -45,7 +47,40 @@ def main(which: list[str]) -> None:
         ws = torch.rand(n, device="cuda")
         xq, xs = ops.rmsnorm_quantize_int8(x[:1], gamma, 1e-5)
         ops.w8a8_gemm(xq, xs, wq, ws)
+    if "append" in which or "kvdecode" in which:
+        _kv(which)
     torch.cuda.synchronize()
+
+
+def _kv(which: list[str]) -> None:
+    from lowbit import kvcache as kv
+
+    d = 128
+    if "append" in which:
+        lay = kv.KvLayout(32, 32, d, 32, 128)
+        t_new = 4096
+        nblk = -(-t_new // lay.tokens_per_block)
+        codes, params = kv.new_pool(lay, 1, nblk, device="cuda")
+        table = torch.arange(nblk, dtype=torch.int32, device="cuda").reshape(1, nblk)
+        qkv = torch.randn(t_new, lay.qkv_width, device="cuda").half()
+        pos = torch.arange(t_new, dtype=torch.int32, device="cuda")
+        offs = torch.tensor([0, t_new], dtype=torch.int32, device="cuda")
+        inv = (1.0 / 10000 ** (torch.arange(0, d, 2, dtype=torch.float32) / d)).cuda()
+        ops.kv4_rope_append(qkv, pos, offs, table, inv, codes, params, 0, lay)
+    if "kvdecode" in which:
+        lay = kv.KvLayout(32, 8, d, 32, 128)
+        b, ctx = 64, 8192
+        nblk = -(-ctx // lay.tokens_per_block)
+        nb = b * nblk
+        codes = torch.randint(0, 256, (1, nb, 2, 8, lay.tokens_per_block, d // 2),
+                              dtype=torch.uint8, device="cuda")
+        params = (torch.rand(1, nb, 8, lay.tokens_per_block, lay.params_per_token,
+                             device="cuda") * 0.1 - 0.05).half()
+        table = torch.randperm(nb, device="cuda").to(torch.int32).reshape(b, nblk)
+        q = torch.randn(b, 32, d, device="cuda").half()
+        pos = torch.full((b,), ctx - 1, dtype=torch.int32, device="cuda")
+        offs = torch.arange(b + 1, dtype=torch.int32, device="cuda")
+        ops.kv4_attention(q, pos, offs, table, codes, params, 0, lay)
 
 
 if __name__ == "__main__":

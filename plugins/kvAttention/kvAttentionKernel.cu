@@ -12,7 +12,7 @@
 // Rules: d in {64, 128}; gk, gv multiples of 8 dividing d; tpb a power of two >= 8;
 // every pointer 16-byte aligned; decode (T == B) has one token per sequence.
 //
-// kv4RopeAppendKernel: a CTA per (token, 16 head units) (cos/sin of the token's d/2 angles once
+// kv4RopeAppendKernel: a CTA per (token, 4 PW head units) (cos/sin of the token's d/2 angles once
 //   per CTA, in shared memory), one warp per head unit in turn; units are the nh q heads, nkv k heads and
 //   nkv v heads. Lane l holds channels [l c, l c + c), c = d/32, so the RoPE partner (j +- d/2) sits
 //   in lane l ^ 16. With a = float(p) * inv_freq[j] (fp32, as torch):
@@ -57,7 +57,6 @@ namespace {
 constexpr int kTile = 64;       // KV tokens per pipeline stage
 constexpr int kThreads = 128;   // 4 warps per CTA (both kernels)
 constexpr int kMaxSplits = 256;
-constexpr int kAppendUnits = 16;   // head units per append CTA (4 per warp): T * U / 16 CTAs
 
 struct AttnArgs {
   const __half* q;
@@ -135,7 +134,31 @@ __device__ __forceinline__ uint4 dequant8(uint32_t w, __half2 s, __half2 z) {
 }
 
 // ---- RoPE + quantize-append -------------------------------------------------------------------
-// One (token, head unit) of kv4RopeAppendKernel, one warp.
+// Per-launch constants. Every divisor of the append is a power of two (tpb, the group sizes, d),
+// so the kernel shifts and masks: the integer divisions of an earlier version (pos / tpb,
+// lane c / g, ...) were a third of its ~310 instructions per head unit (ncu, H100).
+struct AppendArgs {
+  const __half* qkv;
+  const int* positions;
+  const int* seq_offsets;
+  const int* block_table;
+  const float* inv_freq;
+  uint8_t* codes;
+  __half* params;
+  __half* q_out;
+  int B, nh, nkv, MB, NB;
+  int lgTpb;               // log2 tokens_per_block
+  int lgLanesK, lgLanesV;  // log2 lanes per K / V group: log2(g / (d/32))
+  int nGroupsK, nGroupsV;  // d / gk, d / gv
+  int P;                   // params per (token, KV head): 2 (d/gk + d/gv)
+};
+
+inline int log2Exact(int v) {  // v a power of two
+  int l = 0;
+  while ((1 << l) < v) ++l;
+  return l;
+}
+
 // The lane's D/32 fp16 inputs of head unit u of token t, as raw bits (loaded ahead of use).
 template <int D>
 using AppendRaw = typename std::conditional<D == 128, uint2, uint32_t>::type;
@@ -146,66 +169,65 @@ __device__ __forceinline__ AppendRaw<D> kv4AppendLoad(const __half* __restrict__
   return __ldg(reinterpret_cast<const AppendRaw<D>*>(src));
 }
 
+// One (token, head unit) of kv4RopeAppendKernel, one warp (u is warp-uniform). cb / pb: the
+// token's slot for KV head 0 in the codes / params of its pool block (null: the token has no
+// valid slot, nothing is written to the cache).
 template <int D>
-__device__ __forceinline__ void kv4AppendUnit(AppendRaw<D> raw, int t, int u,
-                                              int lane, int pos, int b, const float* sCos,
-                                              const float* sSin, const lowbitKv4Layout& L,
-                                              const int* __restrict__ block_table,
-                                              uint8_t* __restrict__ codes,
-                                              __half* __restrict__ params,
-                                              __half* __restrict__ q_out) {
+__device__ __forceinline__ void kv4AppendUnit(const AppendArgs& a, AppendRaw<D> raw, int t, int u,
+                                              int lane, uint8_t* cb, __half* pb,
+                                              const float* sCos, const float* sSin) {
   constexpr int C = D / 32;
-  const int nh = L.num_heads, nkv = L.num_kv_heads;
+  const int nh = a.nh, nkv = a.nkv;
   float x[C];
   {
     const __half* e = reinterpret_cast<const __half*>(&raw);
 #pragma unroll
     for (int i = 0; i < C; ++i) x[i] = __half2float(e[i]);
   }
-  if (u < nh + nkv) {  // q or k: RoPE
-    const int jb = (lane & 15) * C;
+  if (u < nh + nkv) {  // q or k: RoPE; sSin[j] carries the sign of the partner term (-, +)
+    float y[C];
 #pragma unroll
     for (int i = 0; i < C; ++i) {
       const float xp = __shfl_xor_sync(0xffffffffu, x[i], 16);
-      const float cs = sCos[jb + i], sn = sSin[jb + i];
-      const float y = __fadd_rn(__fmul_rn(x[i], cs), __fmul_rn(lane < 16 ? -xp : xp, sn));
-      x[i] = __half2float(__float2half_rn(y));
+      y[i] = __fadd_rn(__fmul_rn(x[i], sCos[lane * C + i]), __fmul_rn(xp, sSin[lane * C + i]));
     }
-    if (u < nh) {
-      __half* dst = q_out + (static_cast<size_t>(t) * nh + u) * D + lane * C;
+    if (u < nh) {  // q: written as fp16
+      __half* dst = a.q_out + (static_cast<size_t>(t) * nh + u) * D + lane * C;
       if constexpr (C == 4) {
-        uint2 v = make_uint2(packHalf2(x[0], x[1]), packHalf2(x[2], x[3]));
-        *reinterpret_cast<uint2*>(dst) = v;
+        *reinterpret_cast<uint2*>(dst) = make_uint2(packHalf2(y[0], y[1]), packHalf2(y[2], y[3]));
       } else {
-        *reinterpret_cast<uint32_t*>(dst) = packHalf2(x[0], x[1]);
+        *reinterpret_cast<uint32_t*>(dst) = packHalf2(y[0], y[1]);
       }
       return;
     }
+#pragma unroll
+    for (int i = 0; i < C; ++i) x[i] = __half2float(__float2half_rn(y[i]));  // k: fp16 value
   }
+  if (cb == nullptr) return;  // caller error (position outside the table): nothing written
   const int isV = u >= nh + nkv ? 1 : 0;
   const int h = u - nh - isV * nkv;
-  const int tpb = L.tokens_per_block;
-  const int col = pos / tpb;
-  if (pos < 0 || col >= L.max_blocks_per_seq) return;  // caller error: nothing written
-  const int blk = block_table[static_cast<size_t>(b) * L.max_blocks_per_seq + col];
-  if (blk < 0 || blk >= L.num_blocks) return;
-  const int slot = pos % tpb;
-  const int g = isV ? L.v_group_size : L.k_group_size;
-  const int lanesPerGroup = g / C;
-  float mn = x[0], mx = x[0];
+  const int lgLanes = isV ? a.lgLanesV : a.lgLanesK;
+  // Group (min, max) as one half2 (min, -max) reduced with hmin2: exact, since every x is an
+  // fp16 value; one shuffle per round instead of two.
+  __half2 m = __floats2half2_rn(x[0], -x[0]);
 #pragma unroll
-  for (int i = 1; i < C; ++i) { mn = fminf(mn, x[i]); mx = fmaxf(mx, x[i]); }
-  for (int o = 1; o < lanesPerGroup; o <<= 1) {
-    mn = fminf(mn, __shfl_xor_sync(0xffffffffu, mn, o));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  for (int i = 1; i < C; ++i) m = __hmin2(m, __floats2half2_rn(x[i], -x[i]));
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {  // lanes per group: 2..32, a warp-uniform power of two
+    const __half2 p = __shfl_xor_sync(0xffffffffu, m, o);
+    if (o < (1 << lgLanes)) m = __hmin2(m, p);
   }
+  const float mn = __low2float(m), mx = -__high2float(m);
   const __half sh = __float2half_rn(__fdiv_rn(__fsub_rn(mx, mn), 15.f));
-  const __half zh = __float2half_rn(mn);
-  const float s = __half2float(sh), z = __half2float(zh);
-  // code = clamp(rint((x - z) / s), 0, 15) with IEEE division, computed as (x - z) * rcp(s)
-  // rounded by adding 1.5 * 2^23 (the quant8 trick of plugins/quantize): the product is within
-  // 2.5 ulp of the quotient (<= 4.7e-6 for |t| <= 15.5, beyond which the clamp decides), so only
-  // a t within 4e-5 of a half-integer can round differently: then the exact division is redone.
+  const __half zh = __low2half(m);  // == mn
+  const float s = __half2float(sh), z = mn;
+  // code = clamp(rint((x - z) / s), 0, 15) with IEEE division, computed as one fma
+  // (x - z) * rcp(s) + 1.5 * 2^23, whose rounding is round-half-even of the exact product
+  // y = (x - z) rcp(s) (the quant8 trick of plugins/quantize). rcp.approx is within 1 ulp, so y is
+  // within 3.7e-6 of the quotient for |y| <= 15.5 (the clamp only ever decides beyond), so only a y within
+  // 4e-5 of a half-integer can round differently: d = y - rint(y) (one more fma) flags it, and
+  // the exact division is redone. x - z >= 0 exactly (z is the group's smallest x), so only the
+  // upper clamp is needed.
   uint32_t packed = 0;
   if (s > 0.f) {
     constexpr float kRound = 12582912.0f;  // 1.5 * 2^23
@@ -215,10 +237,10 @@ __device__ __forceinline__ void kv4AppendUnit(AppendRaw<D> raw, int t, int u,
     int qi[C];
 #pragma unroll
     for (int i = 0; i < C; ++i) {
-      const float tq = fminf(fmaxf(__fsub_rn(x[i], z) * inv, 0.f), 15.f);
-      const float rq = tq + kRound;
-      qi[i] = __float_as_int(rq);
-      worst = fmaxf(worst, fabsf(tq - (rq - kRound)));
+      const float xz = __fsub_rn(x[i], z);
+      const float rq = __fmaf_rn(xz, inv, kRound);  // kRound + rint(y)
+      qi[i] = __float_as_int(fminf(rq, kRound + 15.f));
+      worst = fmaxf(worst, fabsf(__fmaf_rn(xz, inv, kRound - rq)));
     }
     if (worst > 0.5f - 4e-5f) {
 #pragma unroll
@@ -228,57 +250,78 @@ __device__ __forceinline__ void kv4AppendUnit(AppendRaw<D> raw, int t, int u,
 #pragma unroll
     for (int i = 0; i < C; ++i) packed |= (static_cast<uint32_t>(qi[i]) & 0xFu) << (4 * i);
   }
-  const size_t slab = (static_cast<size_t>(blk) * 2 + isV) * nkv + h;
-  uint8_t* dst = codes + (slab * tpb + slot) * (D / 2) + lane * (C / 2);
+  // codes [NB, 2, nkv, tpb, d/2]; params [NB, nkv, tpb, P]; 32-bit offsets within the block
+  uint8_t* dst = cb + (((isV * nkv + h) << a.lgTpb) * (D / 2) + lane * (C / 2));
   if constexpr (C == 4) *reinterpret_cast<uint16_t*>(dst) = static_cast<uint16_t>(packed);
   else *dst = static_cast<uint8_t>(packed);
-  const int gi = (lane * C) / g;
-  if ((lane % lanesPerGroup) == 0) {
-    const int P = 2 * (D / L.k_group_size + D / L.v_group_size);
-    __half* pp = params + ((static_cast<size_t>(blk) * nkv + h) * tpb + slot) * P +
-                 (isV ? 2 * (D / L.k_group_size) : 0);
-    pp[gi] = sh;
-    pp[D / g + gi] = zh;
+  if ((lane & ((1 << lgLanes) - 1)) == 0) {  // the group's first lane: its scale and zero
+    const int gi = lane >> lgLanes;
+    const int nG = isV ? a.nGroupsV : a.nGroupsK;
+    __half* pp = pb + (((h << a.lgTpb) * a.P) + (isV ? 2 * a.nGroupsK : 0) + gi);
+    pp[0] = sh;
+    pp[nG] = zh;
   }
 }
 
-template <int D>
-__global__ void __launch_bounds__(kThreads)
-kv4RopeAppendKernel(const __half* __restrict__ qkv, const int* __restrict__ positions,
-                    const int* __restrict__ seq_offsets, int T, int B,
-                    const int* __restrict__ block_table, const float* __restrict__ inv_freq,
-                    lowbitKv4Layout L, uint8_t* __restrict__ codes, __half* __restrict__ params,
-                    __half* __restrict__ q_out) {
-  __shared__ float sCos[D / 2], sSin[D / 2];
+// Grid (T, ceil(U / 4 PW)): a CTA per (token, 4 PW head units), PW per warp (8 for long chunks,
+// fewer when that would leave SMs idle), all loads issued first.
+// Threads 0..d/2-1 compute the token's cos/sin (shared memory) while thread 64 finds the token's
+// sequence and pool block (only CTAs that hold K/V units) and the token's 64-bit slot addresses;
+// one barrier, then the units.
+// (__launch_bounds__(128, 10 or 12): 40-48 registers, 10-12 CTAs per SM, was 3-9% slower.)
+template <int D, int PW>
+__global__ void __launch_bounds__(kThreads) kv4RopeAppendKernel(AppendArgs a) {
+  __shared__ float sCos[D], sSin[D];  // channel j: cos a_j, -+ sin a_j (- for j < d/2)
+  __shared__ uint8_t* sCb;  // the token's slot (KV head 0) in codes / params; null: none
+  __shared__ __half* sPb;
   const int lane = threadIdx.x & 31;
-  const int nh = L.num_heads, nkv = L.num_kv_heads, U = nh + 2 * nkv;
+  const int U = a.nh + 2 * a.nkv;
   const int t = blockIdx.x;
-  const int uEnd = (blockIdx.y + 1) * kAppendUnits < U ? (blockIdx.y + 1) * kAppendUnits : U;
-  const int u0 = blockIdx.y * kAppendUnits + (threadIdx.x >> 5);
-  constexpr int PW = kAppendUnits / (kThreads / 32);  // units per warp, all loads issued first
+  constexpr int W = kThreads / 32, kUnits = W * PW;
+  const int ub = blockIdx.y * kUnits;
+  const int uEnd = ub + kUnits < U ? ub + kUnits : U;
+  const int u0 = ub + (threadIdx.x >> 5);
   AppendRaw<D> raw[PW];
 #pragma unroll
   for (int k = 0; k < PW; ++k)
-    if (u0 + 4 * k < uEnd) raw[k] = kv4AppendLoad<D>(qkv, t, u0 + 4 * k, lane, U);
-  const int pos = positions[t];
-  for (int j = threadIdx.x; j < D / 2; j += blockDim.x) {
-    const float a = __fmul_rn(static_cast<float>(pos), inv_freq[j]);
-    sCos[j] = cosf(a);
-    sSin[j] = sinf(a);
+    if (u0 + W * k < uEnd) raw[k] = kv4AppendLoad<D>(a.qkv, t, u0 + W * k, lane, U);
+  const int pos = a.positions[t];
+  if (threadIdx.x < D / 2) {
+    const float ang = __fmul_rn(static_cast<float>(pos), a.inv_freq[threadIdx.x]);
+    const float cs = cosf(ang), sn = sinf(ang);
+    sCos[threadIdx.x] = cs;
+    sCos[threadIdx.x + D / 2] = cs;
+    sSin[threadIdx.x] = -sn;  // x_j cos - x_{j+d/2} sin == x_j cos + x_{j+d/2} (-sin), exactly
+    sSin[threadIdx.x + D / 2] = sn;
   }
-  // sequence of token t: the b with seq_offsets[b] <= t < seq_offsets[b + 1]
-  int lo = 0, hi = B;
-  while (lo < hi) {
-    const int m = (lo + hi) >> 1;
-    if (seq_offsets[m + 1] <= t) lo = m + 1; else hi = m;
+  static_assert(kThreads > 64, "thread 64 looks up the pool block");
+  if (threadIdx.x == 64 && uEnd > a.nh) {
+    // sequence of token t: the b with seq_offsets[b] <= t < seq_offsets[b + 1]
+    int lo = 0, hi = a.B;
+    while (lo < hi) {
+      const int m = (lo + hi) >> 1;
+      if (a.seq_offsets[m + 1] <= t) lo = m + 1; else hi = m;
+    }
+    const int b = lo < a.B ? lo : a.B - 1;
+    const int col = pos >> a.lgTpb;
+    int blk = -1;
+    if (pos >= 0 && col < a.MB) {
+      blk = a.block_table[static_cast<size_t>(b) * a.MB + col];
+      if (blk >= a.NB) blk = -1;
+    }
+    const int slot = pos & ((1 << a.lgTpb) - 1);
+    sCb = blk < 0 ? nullptr
+                  : a.codes + ((static_cast<size_t>(blk) * 2 * a.nkv << a.lgTpb) + slot) * (D / 2);
+    sPb = blk < 0 ? nullptr
+                  : a.params + ((static_cast<size_t>(blk) * a.nkv << a.lgTpb) + slot) * a.P;
   }
-  const int b = lo < B ? lo : B - 1;
   __syncthreads();
+  uint8_t* cb = uEnd > a.nh ? sCb : nullptr;
+  __half* pb = uEnd > a.nh ? sPb : nullptr;
 #pragma unroll
   for (int k = 0; k < PW; ++k)
-    if (u0 + 4 * k < uEnd)
-      kv4AppendUnit<D>(raw[k], t, u0 + 4 * k, lane, pos, b, sCos, sSin, L, block_table, codes,
-                       params, q_out);
+    if (u0 + W * k < uEnd)
+      kv4AppendUnit<D>(a, raw[k], t, u0 + W * k, lane, cb, pb, sCos, sSin);
 }
 
 // ---- attention --------------------------------------------------------------------------------
@@ -1120,21 +1163,50 @@ extern "C" int lowbit_kv4_rope_append(const void* qkv, const int* positions,
     return LOWBIT_ERR_NULL_POINTER;
   if (!aligned16(qkv) || !aligned16(codes) || !aligned16(params) || !aligned16(q_out))
     return LOWBIT_ERR_MISALIGNED;
-  const int unitCtas = (layout->num_heads + 2 * layout->num_kv_heads + kAppendUnits - 1) /
-                       kAppendUnits;  // grid (T, unitCtas): a token's head units over CTAs
+  const int U = layout->num_heads + 2 * layout->num_kv_heads;
+  int dev = 0, sms = 132;
+  st = cudaStatus(cudaGetDevice(&dev));
+  if (st == LOWBIT_OK) st = cudaStatus(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  if (st != LOWBIT_OK) return st;
+  int pw = 8;  // 8 from ~4 waves of CTAs (8 resident per SM) on, else 4 from one wave on, else 2
+  if (static_cast<long long>(T) * ((U + 31) / 32) < 32ll * sms) pw = 4;
+  if (pw == 4 && static_cast<long long>(T) * ((U + 15) / 16) < 8ll * sms) pw = 2;
+  const int unitCtas = (U + 4 * pw - 1) / (4 * pw);  // grid (T, unitCtas)
   if (unitCtas > 65535) return LOWBIT_ERR_BAD_SHAPE;
+  // the kernel's offsets within one pool block (2 nkv tpb d/2 code bytes) are 32-bit
+  if (static_cast<long long>(layout->num_kv_heads) * layout->tokens_per_block *
+          layout->head_size > (1ll << 30))
+    return LOWBIT_ERR_BAD_SHAPE;
   const dim3 blocks(static_cast<unsigned>(T), static_cast<unsigned>(unitCtas));
+  const int d = layout->head_size, lgC = log2Exact(d / 32);
+  AppendArgs a;
+  a.qkv = static_cast<const __half*>(qkv);
+  a.positions = positions;
+  a.seq_offsets = seq_offsets;
+  a.block_table = block_table;
+  a.inv_freq = inv_freq;
+  a.codes = static_cast<uint8_t*>(codes);
+  a.params = static_cast<__half*>(params);
+  a.q_out = static_cast<__half*>(q_out);
+  a.B = B;
+  a.nh = layout->num_heads;
+  a.nkv = layout->num_kv_heads;
+  a.MB = layout->max_blocks_per_seq;
+  a.NB = layout->num_blocks;
+  a.lgTpb = log2Exact(layout->tokens_per_block);
+  a.lgLanesK = log2Exact(layout->k_group_size) - lgC;  // gk, gv: powers of two dividing d
+  a.lgLanesV = log2Exact(layout->v_group_size) - lgC;
+  a.nGroupsK = d / layout->k_group_size;
+  a.nGroupsV = d / layout->v_group_size;
+  a.P = paramsPerToken(layout);
   auto s = static_cast<cudaStream_t>(stream);
-  auto* c = static_cast<uint8_t*>(codes);
-  auto* p = static_cast<__half*>(params);
-  auto* x = static_cast<const __half*>(qkv);
-  auto* q = static_cast<__half*>(q_out);
-  if (layout->head_size == 128)
-    kv4RopeAppendKernel<128><<<blocks, kThreads, 0, s>>>(
-        x, positions, seq_offsets, T, B, block_table, inv_freq, *layout, c, p, q);
+  auto launch = [&](auto kernel) { kernel<<<blocks, kThreads, 0, s>>>(a); };
+  if (d == 128)
+    pw == 8 ? launch(kv4RopeAppendKernel<128, 8>)
+            : pw == 4 ? launch(kv4RopeAppendKernel<128, 4>) : launch(kv4RopeAppendKernel<128, 2>);
   else
-    kv4RopeAppendKernel<64><<<blocks, kThreads, 0, s>>>(
-        x, positions, seq_offsets, T, B, block_table, inv_freq, *layout, c, p, q);
+    pw == 8 ? launch(kv4RopeAppendKernel<64, 8>)
+            : pw == 4 ? launch(kv4RopeAppendKernel<64, 4>) : launch(kv4RopeAppendKernel<64, 2>);
   return launchStatus();
 }
 

@@ -187,6 +187,12 @@ def test_decode_step_through_both_kernels_sliding_window(cuda_lib):
                   new=[1, 1])
 
 
+def test_append_smallest_groups_and_blocks(cuda_lib):
+    # 2 lanes per K group (d = 128, gk = 8) and 4 (d = 64, gk = 8); tokens_per_block 8 and 256
+    _prefill_case(kv.KvLayout(32, 8, 128, 8, 16, tokens_per_block=8), past=[0, 9], new=[30, 7])
+    _prefill_case(kv.KvLayout(9, 3, 64, 8, 32, tokens_per_block=256), past=[250], new=[20])
+
+
 def test_bad_inputs_raise(cuda_lib):
     from lowbit import ops
 
