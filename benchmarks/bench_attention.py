@@ -46,7 +46,7 @@ def _sdpa(q, k, v, causal=False):
                                               enable_gqa=k.shape[1] != q.shape[1])
 
 
-def _random_pool(lay: kv.KvLayout, b: int, ctx: int):
+def random_pool(lay: kv.KvLayout, b: int, ctx: int):
     """A pool holding b sequences of ctx tokens in shuffled blocks (random codes, sane params)."""
     tpb = lay.tokens_per_block
     nblk = -(-ctx // tpb)
@@ -64,7 +64,7 @@ def bench_decode(name: str, b: int, ctx: int) -> dict | None:
     if b * ctx * nkv * 4 * D > FP16_CAP:
         return None
     lay = kv.KvLayout(nh, nkv, D, GK, GV)
-    codes, params, table = _random_pool(lay, b, ctx)
+    codes, params, table = random_pool(lay, b, ctx)
     q = torch.randn(b, nh, D, device="cuda").half()
     pos = torch.full((b,), ctx - 1, dtype=torch.int32, device="cuda")
     offs = torch.arange(b + 1, dtype=torch.int32, device="cuda")
@@ -83,17 +83,24 @@ def bench_decode(name: str, b: int, ctx: int) -> dict | None:
             "sdpa_tbs": (b * ctx * nkv * 4 * D) / ts / 1e12, "speedup": ts / t}
 
 
-def bench_prefill(name: str, t_new: int) -> dict:
+def chunk_inputs(name: str, t_new: int):
+    """One sequence's chunk of t_new tokens from position 0 into an empty pool: (layout, codes,
+    params, block_table, qkv, positions, seq_offsets, inv_freq)."""
     nh, nkv = HEADS[name]
     lay = kv.KvLayout(nh, nkv, D, GK, GV)
-    tpb = lay.tokens_per_block
-    nblk = -(-t_new // tpb)
+    nblk = -(-t_new // lay.tokens_per_block)
     codes, params = kv.new_pool(lay, 1, nblk, device="cuda")
     table = torch.arange(nblk, dtype=torch.int32, device="cuda").reshape(1, nblk)
     qkv = torch.randn(t_new, lay.qkv_width, device="cuda").half()
     pos = torch.arange(t_new, dtype=torch.int32, device="cuda")
     offs = torch.tensor([0, t_new], dtype=torch.int32, device="cuda")
     inv = (1.0 / 10000 ** (torch.arange(0, D, 2, dtype=torch.float32) / D)).cuda()
+    return lay, codes, params, table, qkv, pos, offs, inv
+
+
+def bench_prefill(name: str, t_new: int) -> dict:
+    nh, nkv = HEADS[name]
+    lay, codes, params, table, qkv, pos, offs, inv = chunk_inputs(name, t_new)
     qo = torch.empty(t_new, nh, D, dtype=torch.float16, device="cuda")
     out = torch.empty(t_new, nh * D, dtype=torch.float16, device="cuda")
 
@@ -116,20 +123,15 @@ def bench_prefill(name: str, t_new: int) -> dict:
 
 def bench_append(name: str, t_new: int) -> dict:
     nh, nkv = HEADS[name]
-    lay = kv.KvLayout(nh, nkv, D, GK, GV)
-    tpb = lay.tokens_per_block
-    nblk = -(-t_new // tpb)
+    lay, codes, params, table, qkv, pos, offs, inv = chunk_inputs(name, t_new)
     moved = t_new * (lay.qkv_width * 2 + nh * D * 2 + nkv * (D + 2 * lay.params_per_token))
     nc = copies_for(moved)
-    sets = []
-    for _ in range(nc):
-        codes, params = kv.new_pool(lay, 1, nblk, device="cuda")
-        sets.append((torch.randn(t_new, lay.qkv_width, device="cuda").half(), codes, params,
-                     torch.empty(t_new, nh, D, dtype=torch.float16, device="cuda")))
-    table = torch.arange(nblk, dtype=torch.int32, device="cuda").reshape(1, nblk)
-    pos = torch.arange(t_new, dtype=torch.int32, device="cuda")
-    offs = torch.tensor([0, t_new], dtype=torch.int32, device="cuda")
-    inv = (1.0 / 10000 ** (torch.arange(0, D, 2, dtype=torch.float32) / D)).cuda()
+    sets = [(qkv, codes, params)]
+    for _ in range(nc - 1):  # more input sets than fit in L2, taken in turn
+        _, c, p, _, x, _, _, _ = chunk_inputs(name, t_new)
+        sets.append((x, c, p))
+    sets = [(x, c, p, torch.empty(t_new, nh, D, dtype=torch.float16, device="cuda"))
+            for x, c, p in sets]
     t = time_graph([lambda s=s: ops.kv4_rope_append(s[0], pos, offs, table, inv, s[1], s[2], 0,
                                                     lay, out=s[3]) for s in sets])
     bufs = [torch.empty(moved // 2, dtype=torch.uint8, device="cuda") for _ in range(2 * nc)]

@@ -53,31 +53,18 @@ def main(which: list[str]) -> None:
 
 
 def _kv(which: list[str]) -> None:
+    import bench_attention as ba  # benchmarks/ is on sys.path when this file is run
+
     from lowbit import kvcache as kv
 
-    d = 128
     if "append" in which:
-        lay = kv.KvLayout(32, 32, d, 32, 128)
-        t_new = 4096
-        nblk = -(-t_new // lay.tokens_per_block)
-        codes, params = kv.new_pool(lay, 1, nblk, device="cuda")
-        table = torch.arange(nblk, dtype=torch.int32, device="cuda").reshape(1, nblk)
-        qkv = torch.randn(t_new, lay.qkv_width, device="cuda").half()
-        pos = torch.arange(t_new, dtype=torch.int32, device="cuda")
-        offs = torch.tensor([0, t_new], dtype=torch.int32, device="cuda")
-        inv = (1.0 / 10000 ** (torch.arange(0, d, 2, dtype=torch.float32) / d)).cuda()
+        lay, codes, params, table, qkv, pos, offs, inv = ba.chunk_inputs("llama2-7b", 4096)
         ops.kv4_rope_append(qkv, pos, offs, table, inv, codes, params, 0, lay)
     if "kvdecode" in which:
-        lay = kv.KvLayout(32, 8, d, 32, 128)
         b, ctx = 64, 8192
-        nblk = -(-ctx // lay.tokens_per_block)
-        nb = b * nblk
-        codes = torch.randint(0, 256, (1, nb, 2, 8, lay.tokens_per_block, d // 2),
-                              dtype=torch.uint8, device="cuda")
-        params = (torch.rand(1, nb, 8, lay.tokens_per_block, lay.params_per_token,
-                             device="cuda") * 0.1 - 0.05).half()
-        table = torch.randperm(nb, device="cuda").to(torch.int32).reshape(b, nblk)
-        q = torch.randn(b, 32, d, device="cuda").half()
+        lay = kv.KvLayout(32, 8, ba.D, ba.GK, ba.GV)
+        codes, params, table = ba.random_pool(lay, b, ctx)
+        q = torch.randn(b, 32, ba.D, device="cuda").half()
         pos = torch.full((b,), ctx - 1, dtype=torch.int32, device="cuda")
         offs = torch.arange(b + 1, dtype=torch.int32, device="cuda")
         ops.kv4_attention(q, pos, offs, table, codes, params, 0, lay)
