@@ -22,6 +22,17 @@ inline int cudaStatus(cudaError_t e) {
 // After a <<<>>> launch: configuration errors show up here (not sticky errors of earlier work).
 inline int launchStatus() { return cudaStatus(cudaGetLastError()); }
 
+// SMs of the current device (cached per device; 132, the H100's, if the runtime cannot tell).
+inline int multiprocessorCount() {
+  static int cached[64] = {0};
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return 132;
+  int& c = cached[dev & 63];
+  if (c == 0 && cudaDeviceGetAttribute(&c, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+    c = 132;
+  return c;
+}
+
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 // Kernels with more than 48 KiB of dynamic shared memory must opt in, per kernel and device.

@@ -446,16 +446,6 @@ enum ConfigId {
 namespace lowbit {
 namespace igemm {
 
-inline int multiprocessorCount() {
-  static int cached[64] = {0};
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return 132;
-  int& c = cached[dev & 63];
-  if (c == 0 && cudaDeviceGetAttribute(&c, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-    c = 132;
-  return c;
-}
-
 }  // namespace igemm
 }  // namespace lowbit
 

@@ -694,7 +694,7 @@ inline int launchW8a8(const igemm::Problem& p, cudaStream_t stream) {
   const int st = allowDynamicSmem<w8a8WgmmaKernel<BN>>(C::kSmemBytes);
   if (st != LOWBIT_OK) return st;
   const int tiles = a.tilesM * a.tilesN;
-  const int grid = tiles < igemm::multiprocessorCount() ? tiles : igemm::multiprocessorCount();
+  const int grid = tiles < multiprocessorCount() ? tiles : multiprocessorCount();
   w8a8WgmmaKernel<BN><<<grid, kThreads, C::kSmemBytes, stream>>>(ta, tb, a);
   return launchStatus();
 }
@@ -715,7 +715,7 @@ inline int maxActiveClusters(int S) {
     attr[0].val.clusterDim.x = S;
     attr[0].val.clusterDim.y = 1;
     attr[0].val.clusterDim.z = 1;
-    cfg.gridDim = dim3(S * igemm::multiprocessorCount());
+    cfg.gridDim = dim3(S * multiprocessorCount());
     cfg.blockDim = dim3(kThreads);
     cfg.dynamicSmemBytes = C::kSmemBytes;
     cfg.attrs = attr;
@@ -777,7 +777,7 @@ inline void pickW8a8Split(int M, int N, int K, int maxSplit, int* bn, int* split
   for (int b : {128, 96, 64, 32}) {
     for (int s = 1; s <= (b >= 96 ? 1 : maxSplit); ++s) {  // S = 3/4 measured slower (log 10)
       const int tiles = tm * ((N + b - 1) / b);
-      const int slots = s == 1 ? igemm::multiprocessorCount()
+      const int slots = s == 1 ? multiprocessorCount()
                                : (b == 64 ? maxActiveClusters<64>(s) : maxActiveClusters<32>(s));
       if (slots <= 0) continue;
       const long rounds = (tiles + slots - 1) / slots;
@@ -837,7 +837,7 @@ inline int launchW4a4(const igemm::Problem& p, cudaStream_t stream) {
   const int st = allowDynamicSmem<w4a4WgmmaKernel<G>>(W4Cfg::kSmemBytes);
   if (st != LOWBIT_OK) return st;
   const int tiles = a.tilesM * a.tilesN;
-  const int grid = tiles < igemm::multiprocessorCount() ? tiles : igemm::multiprocessorCount();
+  const int grid = tiles < multiprocessorCount() ? tiles : multiprocessorCount();
   w4a4WgmmaKernel<G><<<grid, kThreads, W4Cfg::kSmemBytes, stream>>>(m.x4, m.w4, m.ws, m.x8, m.w8,
                                                                      a);
   return launchStatus();

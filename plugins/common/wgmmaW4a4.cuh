@@ -240,7 +240,7 @@ inline int launchW4a4PingPong(const igemm::Problem& p, cudaStream_t stream) {
   const int st = allowDynamicSmem<w4a4PingPongKernel<128>>(W4Cfg::kSmemBytes);
   if (st != LOWBIT_OK) return st;
   const int tiles = a.tilesM * a.tilesN;
-  const int grid = tiles < igemm::multiprocessorCount() ? tiles : igemm::multiprocessorCount();
+  const int grid = tiles < multiprocessorCount() ? tiles : multiprocessorCount();
   w4a4PingPongKernel<128><<<grid, kThreads, W4Cfg::kSmemBytes, stream>>>(m.x4, m.w4, m.ws, m.x8,
                                                                           m.w8, a);
   return launchStatus();

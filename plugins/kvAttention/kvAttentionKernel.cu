@@ -223,11 +223,11 @@ __device__ __forceinline__ void kv4AppendUnit(const AppendArgs& a, AppendRaw<D> 
   const float s = __half2float(sh), z = mn;
   // code = clamp(rint((x - z) / s), 0, 15) with IEEE division, computed as one fma
   // (x - z) * rcp(s) + 1.5 * 2^23, whose rounding is round-half-even of the exact product
-  // y = (x - z) rcp(s) (the quant8 trick of plugins/quantize). rcp.approx is within 1 ulp, so y is
-  // within 3.7e-6 of the quotient for |y| <= 15.5 (the clamp only ever decides beyond), so only a y within
-  // 4e-5 of a half-integer can round differently: d = y - rint(y) (one more fma) flags it, and
-  // the exact division is redone. x - z >= 0 exactly (z is the group's smallest x), so only the
-  // upper clamp is needed.
+  // y = (x - z) rcp(s) (the quant8 trick of plugins/quantize). rcp.approx is within 1 ulp, so y
+  // is within 3.7e-6 of the quotient for |y| <= 15.5 (the clamp only ever decides beyond): only
+  // a y within 4e-5 of a half-integer can round differently; d = y - rint(y) (one more fma)
+  // flags it, and the exact division is redone. x - z >= 0 exactly (z is the group's smallest
+  // x), so only the upper clamp is needed.
   uint32_t packed = 0;
   if (s > 0.f) {
     constexpr float kRound = 12582912.0f;  // 1.5 * 2^23
@@ -1164,10 +1164,7 @@ extern "C" int lowbit_kv4_rope_append(const void* qkv, const int* positions,
   if (!aligned16(qkv) || !aligned16(codes) || !aligned16(params) || !aligned16(q_out))
     return LOWBIT_ERR_MISALIGNED;
   const int U = layout->num_heads + 2 * layout->num_kv_heads;
-  int dev = 0, sms = 132;
-  st = cudaStatus(cudaGetDevice(&dev));
-  if (st == LOWBIT_OK) st = cudaStatus(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  if (st != LOWBIT_OK) return st;
+  const int sms = multiprocessorCount();
   int pw = 8;  // 8 from ~4 waves of CTAs (8 resident per SM) on, else 4 from one wave on, else 2
   if (static_cast<long long>(T) * ((U + 31) / 32) < 32ll * sms) pw = 4;
   if (pw == 4 && static_cast<long long>(T) * ((U + 15) / 16) < 8ll * sms) pw = 2;
