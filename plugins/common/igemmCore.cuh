@@ -36,6 +36,8 @@
 
 #include <cstdint>
 
+#include "common/asyncCopy.cuh"
+
 namespace lowbit {
 namespace igemm {
 
@@ -85,21 +87,6 @@ struct Problem {
   int slices8;         // ceil(K8 / 64)
   int as8Stride;       // 1: per-row scale, 0: one static scale
 };
-
-__device__ __forceinline__ uint32_t smemAddr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte async copy global -> shared; srcBytes = 0 zero-fills the destination (no global read).
-__device__ __forceinline__ void cpAsync16(void* dst, const void* src, int srcBytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smemAddr(dst)), "l"(src),
-               "r"(srcBytes));
-}
-__device__ __forceinline__ void cpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cpAsyncWait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
 
 // Four 8x(16 B) matrices; lane L gives the row address of matrix L/8, row L%8; register j of
 // lane (g = L/4, t = L%4) receives bytes 4t..4t+3 of row g of matrix j.

@@ -19,6 +19,8 @@
 
 #include <cstdint>
 
+#include "common/asyncCopy.cuh"
+
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define LOWBIT_WGMMA_OK 1
 #endif
@@ -188,10 +190,6 @@ __device__ __forceinline__ void fenceProxyAsync() {
 #if defined(LOWBIT_WGMMA_OK)
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 #endif
-}
-// Named barrier over `count` threads (ids 1..15; 0 is __syncthreads).
-__device__ __forceinline__ void namedBarrier(int id, int count) {
-  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 }
 template <int R>
 __device__ __forceinline__ void setMaxRegsInc() {
