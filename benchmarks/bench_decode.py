@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_gemm import GS, KO, SHAPES, _i8, _sc  # noqa: E402
-from common import copies_for, time_graph  # noqa: E402
+from common import atom_perm, copies_for, time_graph  # noqa: E402
 
 from lowbit import ops, packing  # noqa: E402
 
@@ -32,7 +32,7 @@ def bench(m: int, k: int, n: int, configs: list[str]) -> dict:
     r["fp16"] = time_graph([lambda w=w: torch.matmul(x16, w) for w in ws16])
     del ws16
     gamma = (torch.rand(k, device="cuda") + 0.5).half()
-    perm = torch.randperm(k, device="cuda").to(torch.int32)
+    perm = atom_perm(k, KO)
     a = ops.atom_rmsnorm_quantize(x16, gamma, perm, 1e-5, KO, GS, 0.9)
     wbytes4 = n * kn // 2 + n * (kn // GS) * 2 + n * KO + n * 2
     w4s = [(_i8((n, kn // 2), -128, 127), packing.pack_w4a4_scales(_sc((n, kn // GS))),

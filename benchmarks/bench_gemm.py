@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import copies_for, fmt_ratio, fmt_us, time_graph  # noqa: E402
+from common import atom_perm, copies_for, fmt_ratio, fmt_us, time_graph  # noqa: E402
 
 from lowbit import ops, packing  # noqa: E402
 
@@ -47,7 +47,7 @@ def bench_shape(m: int, k: int, n: int) -> dict:
     r: dict = {"M": m, "K": k, "N": n}
     x16 = torch.randn(m, k, device="cuda", dtype=torch.float16)
     gamma = (torch.rand(k, device="cuda") + 0.5).half()
-    perm = torch.randperm(k, device="cuda").to(torch.int32)
+    perm = atom_perm(k, KO)
 
     # cuBLAS fp16
     nw = copies_for(k * n * 2)

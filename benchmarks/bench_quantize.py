@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import copies_for, fmt_us, time_graph  # noqa: E402
+from common import atom_perm, copies_for, fmt_us, time_graph  # noqa: E402
 
 from lowbit import ops  # noqa: E402
 
@@ -32,7 +32,7 @@ def bench(m: int, k: int) -> list[dict]:
     nc = copies_for(m * k * 2)
     xs = [torch.randn(m, k, device="cuda", dtype=torch.float16) for _ in range(nc)]
     gamma = (torch.rand(k, device="cuda") + 0.5).half()
-    perm = torch.randperm(k, device="cuda").to(torch.int32)
+    perm = atom_perm(k, KO)
     kn = k - KO
     atom_out = m * (kn // 2 + (kn // GS) * 2 + KO + 2)
     cases = {

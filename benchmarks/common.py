@@ -17,6 +17,17 @@ L2_BYTES = 50 * 2**20
 ROTATE_TARGET = 3 * L2_BYTES  # stream at least this many distinct bytes per cycle
 
 
+def atom_perm(k: int, n_outliers: int) -> torch.Tensor:
+    """An Atom channel order as the converter builds it (lowbit.packing.outliers_last_permutation:
+    normal channels keep their order, n_outliers channels of random importance go last), on CUDA.
+    The quantize kernel's gather is conflict-free for such orders; a fully random perm is its
+    worst case (about 3.5-way shared-memory bank conflicts) and is not what a checkpoint holds."""
+    from lowbit import packing
+
+    g = torch.Generator().manual_seed(k)
+    return packing.outliers_last_permutation(torch.rand(k, generator=g), n_outliers).cuda()
+
+
 def copies_for(bytes_per_call: int, cap: int = 64) -> int:
     """How many input sets to rotate so that one cycle touches >= ROTATE_TARGET bytes."""
     return max(1, min(cap, -(-ROTATE_TARGET // max(1, bytes_per_call))))

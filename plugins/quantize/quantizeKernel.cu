@@ -18,7 +18,9 @@
 //   static: s = *static_scale, q = clamp(rint(h / s), -127, 127)
 //   x fp16/bf16 [M, K] (K % 8 == 0), gamma [K]; q int8 [M, K]; xs fp32 [M] (dynamic only)
 //
-// Layout of the work: one CTA per token row, 128..1024 threads (about 4 16-byte vectors of the row
+// atomQuantizeFastKernel (below) computes the same as atomQuantizeKernel for the common shapes,
+// with its tables set up once per CTA (see its comment); the launcher picks.
+// Layout of the work (atomQuantizeKernel, rmsnormQuantizeInt8Kernel): one CTA per token row, 128..1024 threads (about 4 16-byte vectors of the row
 // per thread, all loads issued before first use). The Atom kernel also stages the row in shared
 // memory (K * 2 bytes) because the reorder gathers it in perm order; each thread then produces 8
 // consecutive output channels ("chunk"), G/8 consecutive lanes share a group and reduce its amax
@@ -32,6 +34,7 @@
 
 #include <cstdint>
 
+#include "common/asyncCopy.cuh"
 #include "common/cudaCheck.h"
 
 namespace lowbit {
@@ -306,6 +309,208 @@ atomQuantizeKernel(
   }  // row
 }
 
+// ---- Atom, set-up-once variant (K_o <= 128, K <= 16384: every Llama shape) --------------------
+// atomQuantizeKernel above spends ~190 instructions per 8-channel chunk (ncu, K = 4096): each
+// chunk reloads perm and gamma from global memory and converts them, and the last warp walks the
+// outliers twice. Here what does not depend on x is set up once per CTA in shared memory:
+//   so[j] = 2 * perm[j]  byte offsets of the gathered values in a staged fp16/bf16 row
+//   sg[j] = gamma[j]     fp32
+// and the outlier chunks are ordinary chunks: K_o <= 128 puts them in one 16-lane span (K_n / 8
+// is a multiple of 16), so the 4 xor rounds that reduce an int4 group of 128 give their amax too
+// (idle lanes contribute 0); only the scale divisor (7 / clip vs 127) and the clamp differ.
+// Work layout: a CTA holds R row groups of Tg threads (a multiple of 32, about 128); each group
+// works on its own rows (row = blockIdx.x * R + g, stride gridDim.x * R) with named barriers, so
+// groups never wait for each other. Thread t of a group owns the CPT chunks j = t + c * Tg. Rows
+// arrive by cp.async into a 2-slot ring per group: row i + 1 is in flight while row i is worked
+// on (no registers held for it). Two barriers per row: after the sum of squares (publishes the
+// staged row and the per-warp sums) and at the end (the slot and the sums are free again).
+// Quantization of one element is 6 instructions: r = fma(h, 1/s, 1.5 * 2^23) holds
+// kRound + rint(h * (1/s)); the residual d = fma(h, 1/s, -rint) (one rounding) flags a chunk
+// whose quotient lies within 4e-5 of a half-integer, redone with IEEE division (bound as in
+// quant8: |h * rcp.approx(s) - fl(h / s)| <= 128 * 2^-23 + 2^-18 < 2e-5 for |t| < 128); the
+// clamp is applied to r (lo, hi are integers: clamping before or after rounding agree).
+// ncu history (K = 4096, M = 8192): the old kernel 38.3 M warp instructions, 61.7 us; one chunk
+// per thread with the row in registers 38.3 M (the per-row reduction paid by 4x the threads);
+// one CTA per row with fp32 staging 29.5 M but 16 warps per SM, latency-bound, 76.6 us.
+constexpr int kFastMaxCpt = 8, kFastMaxGroupThreads = 256, kFastMaxGroups = 4;
+
+template <typename T, int G, int CPT>
+__global__ void __launch_bounds__(512, 2) atomQuantizeFastKernel(
+    const T* __restrict__ x, const T* __restrict__ gamma, const int* __restrict__ perm, float eps,
+    int M, int K, int Ko, float clip, int Tg, uint32_t* __restrict__ x4, __half* __restrict__ xs4,
+    int8_t* __restrict__ x8, __half* __restrict__ xs8) {
+  // Shared memory (all dynamic): so int32 [K] | partial fp32 [R][8] | sg fp32 [K] (with gamma)
+  // | slots T [R][2][K].
+  extern __shared__ __align__(16) uint8_t smemRaw[];
+  const int R = blockDim.x / Tg;
+  int* so = reinterpret_cast<int*>(smemRaw);
+  float* partialAll = reinterpret_cast<float*>(so + K);
+  float* sg = partialAll + 8 * R;
+  T* slotsAll = reinterpret_cast<T*>(sg + (gamma ? K : 0));
+  constexpr int kLanes = G / 8;          // lanes per int4 group
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23
+  const int C = K / 8, Cn = (K - Ko) / 8;  // chunks: all, normal (a multiple of 16)
+  const bool norm = gamma != nullptr;
+
+  // Per-CTA setup (all threads), then one CTA barrier. Chunk j's 8 entries are stored rotated by
+  // rot(j) = (j / 4) % 8 (slot e holds channel 8j + (e + rot) % 8) and split in two planes (slots
+  // 0-3 at [j], 4-7 at [C + j]): lanes read consecutive 16 B (no bank conflicts), and for
+  // perms that keep runs in order (Atom's: only K_o channels move) the 32 lanes of a gather step
+  // hit 32 different banks (without the rotation they read the same sub-word of 16-byte-strided
+  // chunks: a 4-way conflict; ncu showed shared-memory wavefronts, not instructions, bounding
+  // the kernel). The codes come out rotated too and are rotated back when packed.
+  for (int j = threadIdx.x; j < C; j += blockDim.x) {
+    int o[8];
+    if (perm) {
+      const int4 o0 = reinterpret_cast<const int4*>(perm)[2 * j];
+      const int4 o1 = reinterpret_cast<const int4*>(perm)[2 * j + 1];
+      o[0] = o0.x; o[1] = o0.y; o[2] = o0.z; o[3] = o0.w;
+      o[4] = o1.x; o[5] = o1.y; o[6] = o1.z; o[7] = o1.w;
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) o[e] = 8 * j + e;
+    }
+    float g8[8];
+    if (norm) toF8<T>(reinterpret_cast<const uint4*>(gamma)[j], g8);
+    const int rot = (j >> 2) & 7;
+    int ro[8];
+    float rg[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {  // (setup only: dynamic indexing is fine here)
+      ro[e] = static_cast<int>(sizeof(T)) * o[(e + rot) & 7];
+      rg[e] = norm ? g8[(e + rot) & 7] : 0.f;
+    }
+    reinterpret_cast<int4*>(so)[j] = make_int4(ro[0], ro[1], ro[2], ro[3]);
+    reinterpret_cast<int4*>(so)[C + j] = make_int4(ro[4], ro[5], ro[6], ro[7]);
+    if (norm) {
+      reinterpret_cast<float4*>(sg)[j] = make_float4(rg[0], rg[1], rg[2], rg[3]);
+      reinterpret_cast<float4*>(sg)[C + j] = make_float4(rg[4], rg[5], rg[6], rg[7]);
+    }
+  }
+  const int g = threadIdx.x / Tg, tid = threadIdx.x - g * Tg, nw = Tg >> 5;
+  float* partial = partialAll + 8 * g;
+  if (tid >= nw && tid < 8) partial[tid] = 0.f;  // blockSum reads 8 entries
+  __syncthreads();
+
+  T* slots = slotsAll + (size_t)g * 2 * K;
+  const int stride = gridDim.x * R;
+  auto fetch = [&](int row, int slot) {  // this thread's CPT vectors of row -> slot
+    const uint4* src = reinterpret_cast<const uint4*>(x + (size_t)row * K);
+    uint4* dst = reinterpret_cast<uint4*>(slots + slot * K);
+#pragma unroll
+    for (int c = 0; c < CPT; ++c)
+      if (tid + c * Tg < C) cpAsync16(dst + tid + c * Tg, src + tid + c * Tg);
+  };
+  int row = blockIdx.x * R + g;
+  if (row < M) fetch(row, 0);
+  cpAsyncCommit();
+  for (int it = 0; row < M; row += stride, ++it) {
+    const int slot = it & 1;
+    if (row + stride < M) fetch(row + stride, slot ^ 1);
+    cpAsyncCommit();
+    cpAsyncWait<1>();  // this thread's copies of `row` have landed
+    const uint8_t* sx = reinterpret_cast<const uint8_t*>(slots + slot * K);
+    uint32_t* x4row = x4 + (size_t)row * Cn;  // output rows (64-bit math once per row)
+    __half* xs4row = xs4 + (size_t)row * (Cn / kLanes);
+    int8_t* x8row = x8 + (size_t)row * Ko;
+
+    // Sum of squares over this thread's own vectors, then over the group.
+    float ss = 0.f;
+    if (norm) {
+#pragma unroll
+      for (int c = 0; c < CPT; ++c) {
+        const int j = tid + c * Tg;
+        if (j >= C) continue;
+        float f[8];
+        toF8<T>(lds128(sx + 16 * j), f);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) ss = fmaf(f[e], f[e], ss);
+      }
+      ss = warpSum(ss);
+      if ((tid & 31) == 0) partial[tid >> 5] = ss;
+    }
+    namedBarrier(1 + g, Tg);  // the row (every thread's copies) and the warp sums are visible
+    float rstd = 1.f;
+    if (norm) {
+      const float4 p = reinterpret_cast<const float4*>(partial)[0];
+      const float4 q = reinterpret_cast<const float4*>(partial)[1];
+      const float total = ((p.x + p.y) + (p.z + p.w)) + ((q.x + q.y) + (q.z + q.w));
+      // torch's CUDA mean multiplies the sum by 1/K; rsqrtf is what torch.rsqrt calls on CUDA.
+      rstd = rsqrtf(total * (1.f / static_cast<float>(K)) + eps);
+    }
+
+#pragma unroll
+    for (int c = 0; c < CPT; ++c) {
+      const int j = tid + c * Tg;
+      if (c * Tg >= C) break;  // uniform: no thread has a chunk c
+      const bool active = j < C, outlier = j >= Cn;
+      float h[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+      if (active) {
+        const int4 o0 = reinterpret_cast<const int4*>(so)[j];
+        const int4 o1 = reinterpret_cast<const int4*>(so)[C + j];
+        const int off[8] = {o0.x, o0.y, o0.z, o0.w, o1.x, o1.y, o1.z, o1.w};
+#pragma unroll
+        for (int e = 0; e < 8; ++e) h[e] = toF(*reinterpret_cast<const T*>(sx + off[e]));
+        if (norm) {
+          const float4 ga = reinterpret_cast<const float4*>(sg)[j];
+          const float4 gb = reinterpret_cast<const float4*>(sg)[C + j];
+          const float g8[8] = {ga.x, ga.y, ga.z, ga.w, gb.x, gb.y, gb.z, gb.w};
+#pragma unroll
+          for (int e = 0; e < 8; ++e) h[e] = __fmul_rn(__fmul_rn(h[e], rstd), g8[e]);
+        }
+      }
+      // Group amax over aligned spans of kLanes (normal) or 16 (outlier) lanes (Tg is a multiple
+      // of 32, so chunk c's spans are aligned too).
+      float a = amax8(h);
+#pragma unroll
+      for (int o = 8; o > 0; o >>= 1) {
+        const float t = __shfl_xor_sync(0xffffffffu, a, o);
+        if (o < kLanes || outlier) a = fmaxf(a, t);
+      }
+      if (!active) continue;
+      // Scale as the reference: fp16(amax * clip / 7) (int4), fp16(amax / 127) (int8 outliers).
+      const __half s16 = __float2half_rn(outlier ? __fdiv_rn(a, 127.f)
+                                                 : __fdiv_rn(__fmul_rn(a, clip), 7.f));
+      const float s = __half2float(s16);
+      const float lo = outlier ? kRound - 127.f : kRound - 8.f;
+      const float hi = outlier ? kRound + 127.f : kRound + 7.f;
+      int q[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      if (s > 0.f) {
+        float inv;
+        asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(inv) : "f"(s));  // s: a normal fp32 (fp16 > 0)
+        float worst = 0.f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          const float r = fmaf(h[e], inv, kRound);
+          worst = fmaxf(worst, fabsf(fmaf(h[e], inv, kRound - r)));
+          q[e] = __float_as_int(fminf(fmaxf(r, lo), hi));
+        }
+        if (worst > 0.5f - 4e-5f) {
+#pragma unroll
+          for (int e = 0; e < 8; ++e)
+            q[e] = __float_as_int(fminf(fmaxf(__fdiv_rn(h[e], s) + kRound, lo), hi));
+        }
+      }
+      const int rot = (j >> 2) & 7;  // code e is channel 8j + (e + rot) % 8: rotate it back
+      if (!outlier) {
+        const uint32_t w = pack4x8(q);
+        x4row[j] = __funnelshift_l(w, w, 4 * rot);
+        if ((j & (kLanes - 1)) == 0) xs4row[j / kLanes] = s16;
+      } else {
+        uint2 w = pack8x8(q);  // 64-bit rotate left by 8 * rot bits
+        if (rot & 4) w = make_uint2(w.y, w.x);
+        const int sh = 8 * (rot & 3);
+        w = make_uint2(__funnelshift_l(w.y, w.x, sh), __funnelshift_l(w.x, w.y, sh));
+        *reinterpret_cast<uint2*>(x8row + (j - Cn) * 8) = w;
+        if (j == Cn) xs8[row] = s16;
+      }
+    }
+    if (Ko == 0 && xs8 != nullptr && tid == 0) xs8[row] = __float2half_rn(0.f);
+    namedBarrier(1 + g, Tg);  // the slot and the warp sums may be overwritten from here on
+  }  // row
+  cpAsyncWait<0>();  // nothing left in flight at exit (the last commit may be empty)
+}
+
 // h of register vector u: (x * rstd) * gamma.
 template <typename T>
 __device__ __forceinline__ void normH(const uint4& xv, const T* __restrict__ gamma, int i,
@@ -384,13 +589,11 @@ inline int threadsFor(int K) {
 // Persistent grid: as many CTAs as fit on the device at once (at most one per row).
 template <typename Kernel>
 inline int persistentGrid(Kernel kernel, int threads, int smem, int M, int* grid) {
-  int perSm = 0, dev = 0, sms = 0;
-  int st = cudaStatus(cudaGetDevice(&dev));
-  if (st == LOWBIT_OK) st = cudaStatus(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  if (st == LOWBIT_OK)
-    st = cudaStatus(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, kernel, threads, smem));
+  int perSm = 0;
+  const int st =
+      cudaStatus(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, kernel, threads, smem));
   if (st != LOWBIT_OK) return st;
-  const long full = (long)(perSm < 1 ? 1 : perSm) * sms;
+  const long full = (long)(perSm < 1 ? 1 : perSm) * multiprocessorCount();
   *grid = (int)(M < full ? M : full);
   return LOWBIT_OK;
 }
@@ -412,9 +615,66 @@ int launchAtomT(const void* x, const void* gamma, const int* perm, float eps, in
   return launchStatus();
 }
 
+// Fastest configuration: Tg threads per row group (CPT chunks each), R groups per CTA.
+struct FastPlan {
+  int Tg, R, smem;
+};
+template <typename T>
+inline FastPlan fastPlan(int K, int cpt, bool norm) {
+  FastPlan p;
+  p.Tg = ((K / 8 + cpt - 1) / cpt + 31) / 32 * 32;
+  const int slot = K * static_cast<int>(sizeof(T));
+  auto bytes = [&](int r) { return K * 4 + r * 32 + (norm ? K * 4 : 0) + r * 2 * slot; };
+  // Up to 4 groups and 512 threads per CTA while two CTAs still fit in an SM's 227 KiB.
+  p.R = kFastMaxGroups;
+  while (p.R > 1 && (p.R * p.Tg > 512 || bytes(p.R) > 113 * 1024)) --p.R;
+  p.smem = bytes(p.R);
+  return p;
+}
+
+template <typename T, int G, int CPT>
+int launchAtomFast(const void* x, const void* gamma, const int* perm, float eps, int M, int K,
+                   int Ko, float clip, void* x4, void* xs4, void* x8, void* xs8,
+                   cudaStream_t stream) {
+  const FastPlan p = fastPlan<T>(K, CPT, gamma != nullptr);
+  auto kernel = atomQuantizeFastKernel<T, G, CPT>;
+  int st = allowDynamicSmem<atomQuantizeFastKernel<T, G, CPT>>(p.smem);
+  if (st != LOWBIT_OK) return st;
+  int grid = 0;
+  st = persistentGrid(kernel, p.R * p.Tg, p.smem, (M + p.R - 1) / p.R, &grid);
+  if (st != LOWBIT_OK) return st;
+  kernel<<<grid, p.R * p.Tg, p.smem, stream>>>(
+      static_cast<const T*>(x), static_cast<const T*>(gamma), perm, eps, M, K, Ko, clip, p.Tg,
+      static_cast<uint32_t*>(x4), static_cast<__half*>(xs4), static_cast<int8_t*>(x8),
+      static_cast<__half*>(xs8));
+  return launchStatus();
+}
+
+// Threads per row group the set-up-once kernel aims at: CPT (chunks per thread) is the smallest
+// of 1, 2, 4, 8 that gives at most this many.
+#ifndef LOWBIT_QUANT_FAST_THREADS
+#define LOWBIT_QUANT_FAST_THREADS 128
+#endif
+
 template <typename T, int G>
 int launchAtom(const void* x, const void* gamma, const int* perm, float eps, int M, int K, int Ko,
                float clip, void* x4, void* xs4, void* x8, void* xs8, cudaStream_t stream) {
+  const int C = K / 8;
+  constexpr int t = LOWBIT_QUANT_FAST_THREADS;
+  const int cpt = C <= t ? 1 : C <= 2 * t ? 2 : C <= 4 * t ? 4 : 8;
+  // The set-up-once kernel where at least two row groups share a CTA's tables (K up to ~6000
+  // with RMSNorm, ~8000 without; beyond, its tables and slots leave too few rows per SM in
+  // flight: K = 11008, 1 group, 172.9 us vs 151.7 us here at M = 8192) and where each group gets
+  // about two rows or more to amortize the per-CTA setup (at M = 16 it cost 6.3 us vs 4.5 us).
+  const int groups = fastPlan<T>(K, cpt, gamma != nullptr).R;
+  if (Ko <= 128 && C <= kFastMaxCpt * kFastMaxGroupThreads && groups >= 2 &&
+      M >= 4 * groups * multiprocessorCount()) {
+#define LOWBIT_FAST(c) \
+  launchAtomFast<T, G, c>(x, gamma, perm, eps, M, K, Ko, clip, x4, xs4, x8, xs8, stream)
+    return cpt == 1 ? LOWBIT_FAST(1) : cpt == 2 ? LOWBIT_FAST(2) : cpt == 4 ? LOWBIT_FAST(4)
+                                                                            : LOWBIT_FAST(8);
+#undef LOWBIT_FAST
+  }
   const int threads = threadsFor(K);
   return threads <= kSmallThreads
              ? launchAtomT<T, G, kSmallThreads>(x, gamma, perm, eps, M, K, Ko, clip, x4, xs4, x8,

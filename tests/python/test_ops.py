@@ -278,6 +278,7 @@ ATOM_Q_CASES = [  # (M, K, K_o, G, dtype, eps, clip, use perm)
     (4097, 576, 192, 128, torch.float16, 1e-5, 0.9, True),
     (100, 576, 64, 64, torch.float16, 1e-6, 1.0, True),
     (16, 1536, 0, 128, torch.float16, 1e-5, 0.9, False),
+    (5, 20480, 128, 128, torch.float16, 1e-5, 0.9, True),  # K > 16384: the general kernel
 ]
 
 
