@@ -633,10 +633,9 @@ inline FastPlan fastPlan(int K, int cpt, bool norm) {
 }
 
 template <typename T, int G, int CPT>
-int launchAtomFast(const void* x, const void* gamma, const int* perm, float eps, int M, int K,
-                   int Ko, float clip, void* x4, void* xs4, void* x8, void* xs8,
+int launchAtomFast(const FastPlan& p, const void* x, const void* gamma, const int* perm, float eps,
+                   int M, int K, int Ko, float clip, void* x4, void* xs4, void* x8, void* xs8,
                    cudaStream_t stream) {
-  const FastPlan p = fastPlan<T>(K, CPT, gamma != nullptr);
   auto kernel = atomQuantizeFastKernel<T, G, CPT>;
   int st = allowDynamicSmem<atomQuantizeFastKernel<T, G, CPT>>(p.smem);
   if (st != LOWBIT_OK) return st;
@@ -666,11 +665,11 @@ int launchAtom(const void* x, const void* gamma, const int* perm, float eps, int
   // with RMSNorm, ~8000 without; beyond, its tables and slots leave too few rows per SM in
   // flight: K = 11008, 1 group, 172.9 us vs 151.7 us here at M = 8192) and where each group gets
   // about two rows or more to amortize the per-CTA setup (at M = 16 it cost 6.3 us vs 4.5 us).
-  const int groups = fastPlan<T>(K, cpt, gamma != nullptr).R;
-  if (Ko <= 128 && C <= kFastMaxCpt * kFastMaxGroupThreads && groups >= 2 &&
-      M >= 4 * groups * multiprocessorCount()) {
+  const FastPlan plan = fastPlan<T>(K, cpt, gamma != nullptr);
+  if (Ko <= 128 && C <= kFastMaxCpt * kFastMaxGroupThreads && plan.R >= 2 &&
+      M >= 4 * plan.R * multiprocessorCount()) {
 #define LOWBIT_FAST(c) \
-  launchAtomFast<T, G, c>(x, gamma, perm, eps, M, K, Ko, clip, x4, xs4, x8, xs8, stream)
+  launchAtomFast<T, G, c>(plan, x, gamma, perm, eps, M, K, Ko, clip, x4, xs4, x8, xs8, stream)
     return cpt == 1 ? LOWBIT_FAST(1) : cpt == 2 ? LOWBIT_FAST(2) : cpt == 4 ? LOWBIT_FAST(4)
                                                                             : LOWBIT_FAST(8);
 #undef LOWBIT_FAST
