@@ -22,16 +22,19 @@ inline int cudaStatus(cudaError_t e) {
 // After a <<<>>> launch: configuration errors show up here (not sticky errors of earlier work).
 inline int launchStatus() { return cudaStatus(cudaGetLastError()); }
 
-// SMs of the current device (cached per device; 132, the H100's, if the runtime cannot tell).
-inline int multiprocessorCount() {
+// Attribute Attr of the current device, cached per device; `fallback` if the runtime cannot tell.
+template <cudaDeviceAttr Attr>
+inline int deviceAttribute(int fallback) {
   static int cached[64] = {0};
   int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return 132;
+  if (cudaGetDevice(&dev) != cudaSuccess) return fallback;
   int& c = cached[dev & 63];
-  if (c == 0 && cudaDeviceGetAttribute(&c, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-    c = 132;
+  if (c == 0 && cudaDeviceGetAttribute(&c, Attr, dev) != cudaSuccess) c = fallback;
   return c;
 }
+
+// SMs of the current device (132, the H100's, if the runtime cannot tell).
+inline int multiprocessorCount() { return deviceAttribute<cudaDevAttrMultiProcessorCount>(132); }
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 

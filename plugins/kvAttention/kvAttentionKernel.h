@@ -22,7 +22,8 @@ typedef struct lowbitKv4Layout {
 // Supported by the kernels (else LOWBIT_ERR_UNSUPPORTED / _DIVISIBILITY): head_size 64 or 128;
 // num_heads % num_kv_heads == 0; k/v group sizes multiples of 8 that divide head_size;
 // tokens_per_block a power of two >= 8; codes, params, qkv, q, out 16-byte aligned.
-// Decode (T == B) needs exactly one token per sequence.
+// Decode (T == B) needs exactly one token per sequence (seq_offsets = 0..B; the decode kernels
+// take token b as sequence b and do not read it).
 
 // codes/params: THIS layer's slab of the pool (layer l starts at codes + l*NB*2*nkv*tpb*d/2 bytes,
 // params + l*NB*nkv*tpb*P halves).

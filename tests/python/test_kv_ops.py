@@ -122,6 +122,19 @@ def test_decode_register_path(cuda_lib, nh, nkv, d, tpb, gk, gv, win):
                  seed=5)
 
 
+@pytest.mark.parametrize("nh,nkv", [(32, 8), (32, 32)])
+def test_decode_register_path_whole_and_split_pairs(cuda_lib, nh, nkv):
+    # more (sequence, kv head) pairs than one round of resident CTAs (396): the first rounds'
+    # pairs run whole, the last partial round's pairs in pieces merged by kv4MergeKernel (64 x 8
+    # = 512 pairs: 396 whole + 116 in 3 pieces; 16 x 32: the same); long and short sequences on
+    # both sides of the boundary
+    b = 64 if nkv == 8 else 16
+    g = torch.Generator().manual_seed(11)
+    lens = torch.randint(1, 8193, (b,), generator=g).tolist()
+    lens[0], lens[-1], lens[-2], lens[b // 2] = 8192, 8192, 1, 33
+    _decode_case(kv.KvLayout(nh, nkv, 128, 32, 128), lens, seed=11)
+
+
 def test_decode_many_heads_per_kv_head_uses_prefill_path(cuda_lib):
     _decode_case(kv.KvLayout(32, 1, 128, 32, 128), [5, 200, 1000])
 
