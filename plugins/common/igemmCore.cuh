@@ -430,12 +430,6 @@ enum ConfigId {
 // ---- host side: configuration choice and launch -----------------------------------------------
 #include "common/cudaCheck.h"
 
-namespace lowbit {
-namespace igemm {
-
-}  // namespace igemm
-}  // namespace lowbit
-
 #include "common/igemmSkinny.cuh"
 #include "common/igemmGemv.cuh"
 #include "common/wgmmaCore.cuh"

@@ -2,10 +2,10 @@
 // scheduled while the kernel before it on the stream is still running: its CTAs become resident
 // once every CTA of that kernel has called pdlTrigger() (or exited), and pdlWait() blocks until
 // that kernel has completed and its writes are visible. The dependent must call pdlWait() before
-// it reads anything the previous kernel wrote. What is saved is the launch gap between two
-// short kernels (a few microseconds of a batch-1 decode step). Works under stream capture
-// (CUDA graphs, TensorRT enqueue). On sm_80/89 builds both device calls compile to nothing and
-// on devices below compute capability 9 the launch is an ordinary one.
+// it reads anything the previous kernel wrote. What it saves is part of the launch gap between
+// two short kernels (the decode merge: ~0.3 us per batch-1 step on the H100). Works under stream
+// capture (CUDA graphs, TensorRT enqueue). On sm_80/89 builds both device calls compile to
+// nothing and on devices below compute capability 9 the launch is an ordinary one.
 #pragma once
 
 #include <cuda_runtime.h>

@@ -727,7 +727,7 @@ kv4MergeKernel(const float* __restrict__ ws_o, const float* __restrict__ ws_lse,
 //  Tokens of a chunk outside [lo, hi) get scale = zero = 0 in shared memory (finite V, no NaN from
 //  poison) and -inf scores. The warps' (m, l, O) merge through shared memory at the end.
 constexpr int kCh = 32;         // tokens per warp chunk
-constexpr int kDecStages = 3;     // cp.async stages per warp
+constexpr int kDecStages = 3;   // cp.async stages per warp
 
 template <int D>
 struct DecSmem {
@@ -1126,7 +1126,8 @@ int decodeSplitsSmem(int B, const lowbitKv4Layout* L) {
   const long long tiles =
       (static_cast<long long>(L->max_blocks_per_seq) * L->tokens_per_block + kTile - 1) / kTile;
   // Latency-bound small grids: a tile per split when that is still at most one wave.
-  if (ctas * tiles <= kResidentCtas) return tiles < kMaxSplits ? static_cast<int>(tiles) : kMaxSplits;
+  if (ctas * tiles <= kResidentCtas)
+    return tiles < kMaxSplits ? static_cast<int>(tiles) : kMaxSplits;
   long long s = (kResidentCtas + ctas - 1) / ctas;
   const long long byWork = (tiles + kSmemTilesPerSplit - 1) / kSmemTilesPerSplit;
   if (byWork > s) s = byWork;
@@ -1205,16 +1206,24 @@ int launchAttention(const AttnArgs& a, int T, bool regPath, cudaStream_t stream)
                          a.nh, a.whole * a.rep, a.splits, a.out);
 }
 
+// Workspace of a plan: n partials (rows of the split (sequence, head)s x splits), ws_o = n x d
+// floats, then ws_lse = n floats at byte lseOffset (both 256-byte aligned).
+size_t planPartials(int B, const lowbitKv4Layout* L, const DecodePlan& plan) {
+  return static_cast<size_t>(B * L->num_kv_heads - plan.whole) *
+         (L->num_heads / L->num_kv_heads) * plan.splits;
+}
+size_t lseOffset(size_t n, const lowbitKv4Layout* L) {
+  return (n * L->head_size * sizeof(float) + 255) / 256 * 256;
+}
+
 size_t workspaceBytes(int T, int B, const lowbitKv4Layout* L, DecodePlan* plan) {
   *plan = {B * L->num_kv_heads, 1};
   if (!decodePath(T, B, L)) return 0;
   *plan = decodePlan(B, L);
   if (plan->splits == 1) plan->whole = B * L->num_kv_heads;
-  const size_t n = static_cast<size_t>(B * L->num_kv_heads - plan->whole) *
-                   (L->num_heads / L->num_kv_heads) * plan->splits;
+  const size_t n = planPartials(B, L, *plan);
   if (n == 0) return 0;
-  const size_t o = (n * L->head_size * sizeof(float) + 255) / 256 * 256;
-  return o + (n * sizeof(float) + 255) / 256 * 256;
+  return lseOffset(n, L) + (n * sizeof(float) + 255) / 256 * 256;
 }
 
 }  // namespace
@@ -1321,12 +1330,9 @@ extern "C" int lowbit_kv4_attention(const void* q, const int* positions, const i
   a.codes = static_cast<const uint8_t*>(codes);
   a.params = static_cast<const __half*>(params);
   a.out = static_cast<__half*>(out);
-  const size_t n = static_cast<size_t>(B * layout->num_kv_heads - plan.whole) *
-                   (layout->num_heads / layout->num_kv_heads) * plan.splits;
   a.ws_o = static_cast<float*>(workspace);
   a.ws_lse = need ? reinterpret_cast<float*>(static_cast<uint8_t*>(workspace) +
-                                             (n * layout->head_size * sizeof(float) + 255) / 256 *
-                                                 256)
+                                             lseOffset(planPartials(B, layout, plan), layout))
                   : nullptr;
   a.B = B;
   a.nh = layout->num_heads;

@@ -20,11 +20,12 @@
 //
 // atomQuantizeFastKernel (below) computes the same as atomQuantizeKernel for the common shapes,
 // with its tables set up once per CTA (see its comment); the launcher picks.
-// Layout of the work (atomQuantizeKernel, rmsnormQuantizeInt8Kernel): one CTA per token row, 128..1024 threads (about 4 16-byte vectors of the row
-// per thread, all loads issued before first use). The Atom kernel also stages the row in shared
-// memory (K * 2 bytes) because the reorder gathers it in perm order; each thread then produces 8
-// consecutive output channels ("chunk"), G/8 consecutive lanes share a group and reduce its amax
-// with xor shuffles, so h never leaves registers. The int8 kernel keeps the row in registers.
+// Layout of the work (atomQuantizeKernel, rmsnormQuantizeInt8Kernel): one CTA per token row,
+// 128..1024 threads (about 4 16-byte vectors of the row per thread, all loads issued before
+// first use). The Atom kernel also stages the row in shared memory (K * 2 bytes) because the
+// reorder gathers it in perm order; each thread then produces 8 consecutive output channels
+// ("chunk"), G/8 consecutive lanes share a group and reduce its amax with xor shuffles, so h
+// never leaves registers. The int8 kernel keeps the row in registers.
 // Division: q = rint(h * (1/s)) with an exact __fdiv_rn fallback near half-integers (quant8), so
 // the result equals rint(h / s) with IEEE division.
 #include "quantize/quantizeKernel.h"
@@ -651,15 +652,13 @@ int launchAtomFast(const FastPlan& p, const void* x, const void* gamma, const in
 
 // Threads per row group the set-up-once kernel aims at: CPT (chunks per thread) is the smallest
 // of 1, 2, 4, 8 that gives at most this many.
-#ifndef LOWBIT_QUANT_FAST_THREADS
-#define LOWBIT_QUANT_FAST_THREADS 128
-#endif
+constexpr int kFastTargetThreads = 128;
 
 template <typename T, int G>
 int launchAtom(const void* x, const void* gamma, const int* perm, float eps, int M, int K, int Ko,
                float clip, void* x4, void* xs4, void* x8, void* xs8, cudaStream_t stream) {
   const int C = K / 8;
-  constexpr int t = LOWBIT_QUANT_FAST_THREADS;
+  constexpr int t = kFastTargetThreads;
   const int cpt = C <= t ? 1 : C <= 2 * t ? 2 : C <= 4 * t ? 4 : 8;
   // The set-up-once kernel where at least two row groups share a CTA's tables (K up to ~6000
   // with RMSNorm, ~8000 without; beyond, its tables and slots leave too few rows per SM in
