@@ -386,13 +386,19 @@ struct W4Args {
 
 // Explicit tile configuration: 64 x 256 output tile, 64-byte K slices, 6 stages of
 // A 64 x 64 B + B 256 x 64 B + ws 256 x fp16 (21 KiB, 1024-aligned) = 126 KiB, plus per consumer
-// warpgroup two widened-B buffers of 128 rows x 128 B (64 KiB): 191 KiB.
+// warpgroup two widened-B buffers of 128 rows x 128 B (64 KiB) and an xs4 staging buffer
+// (4.25 KiB): 200 KiB.
 struct W4Cfg {
   static constexpr int BM = 64, BN = 256, STAGES = 6;
   static constexpr int kABytes = BM * 64, kBBytes = BN * 64, kWsBytes = BN * 2;
   static constexpr int kStageBytes = 21 * 1024;
   static constexpr int kWbufBytes = 128 * 128;
-  static constexpr int kSmemBytes = STAGES * kStageBytes + 4 * kWbufBytes + 1024 + 256;
+  // xs4 staging per consumer warpgroup: [64 rows][kXsGroups] fp16, rows kXsStride halves apart
+  // (17 words: the 8 rows a warp's quads read at once fall in 8 different banks)
+  static constexpr int kXsGroups = 32, kXsStride = 34, kXsBytes = 64 * kXsStride * 2;
+  static constexpr int kBarBytes = 256;
+  static constexpr int kSmemBytes =
+      STAGES * kStageBytes + 4 * kWbufBytes + 1024 + kBarBytes + 2 * kXsBytes;
   static_assert(kABytes + kBBytes + kWsBytes <= kStageBytes, "stage overflow");
 };
 
@@ -495,6 +501,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int cw = wgi - 1, tid = threadIdx.x & 127;
     const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     uint8_t* wbuf = wbufBase + cw * 2 * C::kWbufBytes;  // this warpgroup's two buffers
+    // this warpgroup's xs4 staging; warp w's quads write and read only rows 16w .. 16w + 15
+    __half* xsS = reinterpret_cast<__half*>(wbufBase + 4 * C::kWbufBytes + C::kBarBytes) +
+                  cw * 64 * C::kXsStride;
+    const int lr0 = (warp * 16 + g) * C::kXsStride, lr1 = lr0 + 8 * C::kXsStride;
     int stage = 0;
     uint32_t phase = 0;
     int accI[64];
@@ -520,7 +530,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       namedBarrier(1 + cw, 128);
       int wb = 0;
-      for (int i = 0; i < S; ++i) {
+      // one slice; aC = its A fragments (read by the wgmma in flight), aN = the next slice's.
+      // The loop runs two slices per trip with the fragment sets swapped (no copies).
+      auto step = [&](int i, uint32_t (&aC)[4][4], uint32_t (&aN)[4][4]) {
         const int cur = stage;
         const uint32_t stA = sbase + cur * C::kStageBytes;
         const bool int4 = i < p.slices4;
@@ -528,7 +540,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (int4) {
           const uint64_t db = makeDesc(smem32(wbuf + wb * C::kWbufBytes), kSw128, 1024);
 #pragma unroll
-          for (int s = 0; s < 4; ++s) wgmmaRS128(accI, aCur[s], db + 2 * s, s > 0);
+          for (int s = 0; s < 4; ++s) wgmmaRS128(accI, aC[s], db + 2 * s, s > 0);
         } else {  // the outliers accumulate over all int8 slices, from 0 at the first
           const uint64_t da = makeDesc(stA, kSw64, 512);
           const uint64_t db = makeDesc(stA + C::kABytes + cw * 128 * 64, kSw64, 512);
@@ -537,10 +549,26 @@ __global__ void __launch_bounds__(kThreads, 1)
           for (int s = 0; s < 2; ++s) wgmmaSS128(accI, da + 2 * s, db + 2 * s, !(first && s == 0));
         }
         wgCommit();
+        // xs4 of groups [i, i + 32) into shared memory, once per 32 int4 slices. Loaded from
+        // global memory in every slice, ptxas hoisted the two loads above the proxy fence below
+        // (MEMBAR.ALL.CTA), which then waited for them once per slice (NOTES log 15).
+        if (int4 && i % C::kXsGroups == 0) {
+          __syncwarp();  // every lane of the warp has folded the groups before i
+          const int n = min(C::kXsGroups, p.ng - i);
+#pragma unroll
+          for (int e = 0; e < C::kXsGroups / 4; ++e) {
+            const int gg = t * (C::kXsGroups / 4) + e;
+            if (gg < n) {
+              xsS[lr0 + gg] = p.xs4[(size_t)r0c * p.ng + i + gg];
+              xsS[lr1 + gg] = p.xs4[(size_t)r1c * p.ng + i + gg];
+            }
+          }
+          __syncwarp();
+        }
         float xa = 0.f, xb = 0.f;
         if (int4) {
-          xa = __half2float(p.xs4[(size_t)r0c * p.ng + i]) * (1.f / 256.f);
-          xb = __half2float(p.xs4[(size_t)r1c * p.ng + i]) * (1.f / 256.f);
+          xa = __half2float(xsS[lr0 + i % C::kXsGroups]) * (1.f / 256.f);
+          xb = __half2float(xsS[lr1 + i % C::kXsGroups]) * (1.f / 256.f);
         }
         // prepare slice i + 1 while the tensor cores work on slice i
         if (++stage == C::STAGES) { stage = 0; phase ^= 1; }
@@ -549,7 +577,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           if (i + 1 < p.slices4) {
             const uint8_t* st = smem + stage * C::kStageBytes;
             widenRow(st + C::kABytes + cw * 128 * 64, tid, wbuf + (wb ^ 1) * C::kWbufBytes);
-            loadA4(st, warp, lane, aNext);
+            loadA4(st, warp, lane, aN);
             fenceProxyAsync();
           }
         }
@@ -558,7 +586,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
         for (int s = 0; s < 4; ++s)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(aCur[s][e])::"memory");
+          for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(aC[s][e])::"memory");
         if (int4) {
           const __half2* wsS = reinterpret_cast<const __half2*>(smem + cur * C::kStageBytes +
                                                                  C::kABytes + C::kBBytes);
@@ -574,11 +602,11 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
         namedBarrier(1 + cw, 128);  // this warpgroup is done with stage `cur` and buffer wb
         if (tid == 0) mbarArrive(emptyBar + 8 * cur);
-#pragma unroll
-        for (int s = 0; s < 4; ++s)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) aCur[s][e] = aNext[s][e];
         wb ^= 1;
+      };
+      for (int i = 0; i < S; i += 2) {
+        step(i, aCur, aNext);
+        if (i + 1 < S) step(i + 1, aNext, aCur);
       }
 
       // outliers: one scale for the whole int8 sum (exact int32 -> fp32 conversion)
