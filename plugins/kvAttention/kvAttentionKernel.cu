@@ -36,8 +36,9 @@
 //     (max, sum, O) in shared memory; the sequence's tiles are split evenly over `splits` CTAs
 //     (flash-decoding), whose partials (o = O / l, lse = m + log2 l) go to the workspace and are
 //     combined by kv4MergeKernel: out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M).
-//   PREFILL: a CTA = (64 rows of one sequence, kv head); warp w owns rows 16w..16w+15 and all 64
-//     tokens of each tile; tiles from the window start of the first row to the last row's position.
+//   PREFILL: a CTA = (128 rows of one sequence, kv head), 8 warps; warp w owns rows 16w..16w+15
+//     and all 64 tokens of each tile; tiles from the window start of the first row to the last
+//     row's position. Scores are masked only in tiles not fully visible to all of a warp's rows.
 //   Masked scores (outside [max(0, p - window + 1), p], or tokens outside the sequence) are -inf;
 //   the V rows of tokens outside the CTA's range are zero in shared memory (no NaN from stale
 //   pool bytes). Rows with no visible token (padding) are not written.
@@ -57,7 +58,7 @@ namespace lowbit {
 namespace {
 
 constexpr int kTile = 64;       // KV tokens per pipeline stage
-constexpr int kThreads = 128;   // 4 warps per CTA (both kernels)
+constexpr int kThreads = 128;   // 4 warps per CTA (append, decode; prefill: kPrefillThreads)
 constexpr int kMaxSplits = 256;
 
 struct AttnArgs {
@@ -76,6 +77,13 @@ struct AttnArgs {
 };
 
 // ---- PTX helpers ------------------------------------------------------------------------------
+// 2^x by the SFU (ex2.approx.ftz: ~2 ulp, 2^-inf = +0, results below 2^-126 flush to 0; exp2f adds
+// range fix-ups around the same instruction). The probabilities it feeds are rounded to fp16.
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
 __device__ __forceinline__ void ldsm4(uint32_t (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -331,7 +339,7 @@ struct Smem {
 // K codes [64][d/2], V codes [64][d/2], params [64][P]. A segment (min(tpb, 64) tokens, contiguous
 // in one pool block) is copied only if it overlaps [lo, hi), so blocks the sequence does not own
 // are never touched.
-template <int D>
+template <int D, int NTH>  // NTH: threads of the CTA
 __device__ __forceinline__ void loadTile(const AttnArgs& a, int b, int h, int tile, int lo, int hi,
                                          uint8_t* st, int tid) {
   constexpr int rowB = D / 2;
@@ -350,19 +358,18 @@ __device__ __forceinline__ void loadTile(const AttnArgs& a, int b, int h, int ti
     const uint8_t* ksrc = a.codes + (slabK + slot0) * rowB;
     const uint8_t* vsrc = ksrc + static_cast<size_t>(a.nkv) * a.tpb * rowB;  // slab (blk, 1, h)
 #pragma unroll
-    for (int i = 0; i < kvChunks / kThreads; ++i) {
-      const int c = tid + i * kThreads;
+    for (int c = tid; c < kvChunks; c += NTH) {
       cpAsync16(st + c * 16, ksrc + c * 16);
       cpAsync16(st + kTile * rowB + c * 16, vsrc + c * 16);
     }
     const uint8_t* psrc = reinterpret_cast<const uint8_t*>(
         a.params + ((static_cast<size_t>(blk) * a.nkv + h) * a.tpb + slot0) * a.P);
-    for (int c = tid; c < pChunks; c += kThreads)
+    for (int c = tid; c < pChunks; c += NTH)
       cpAsync16(st + 2 * kTile * rowB + c * 16, psrc + c * 16);
     return;
   }
   const int segT = a.tpb;  // < 64: the tile spans 64 / tpb blocks
-  for (int c = tid; c < 2 * kvChunks + pChunks; c += kThreads) {
+  for (int c = tid; c < 2 * kvChunks + pChunks; c += NTH) {
     int tok, kv = 0, part = 0, cc = 0;
     if (c < 2 * kvChunks) {
       kv = c / kvChunks;
@@ -394,9 +401,17 @@ __device__ __forceinline__ void loadTile(const AttnArgs& a, int b, int h, int ti
   }
 }
 
+// Prefill CTAs: 8 warps, 128 query rows (one dequantized K/V tile serves twice the rows of the
+// 4-warp decode CTA; NOTES log 15).
+constexpr int kPrefillThreads = 256;
+constexpr int kPrefillRows = 128;
+
 template <int D, bool DECODE>
-__global__ void __launch_bounds__(kThreads) kv4AttentionKernel(AttnArgs a) {
-  constexpr int QR = DECODE ? 16 : 64;   // query rows per CTA
+__global__ void __launch_bounds__(DECODE ? kThreads : kPrefillThreads)
+    kv4AttentionKernel(AttnArgs a) {
+  constexpr int kTh = DECODE ? kThreads : kPrefillThreads;  // threads of the CTA
+  constexpr int QR = DECODE ? 16 : kPrefillRows;  // query rows per CTA (16 per warp in prefill)
+  static_assert(DECODE || QR == 16 * (kTh / 32), "prefill: 16 rows per warp");
   constexpr int NT = DECODE ? 16 : 64;   // tile tokens per warp
   constexpr int LD = Smem<D>::LD;
   constexpr int KS = D / 16;             // k steps of Q K^T
@@ -460,14 +475,14 @@ __global__ void __launch_bounds__(kThreads) kv4AttentionKernel(AttnArgs a) {
     t1 = (hi - 1) / kTile + 1;
   }
   if (t1 > t0) {
-    loadTile<D>(a, b, h, t0, lo, hi, raw, tid);
+    loadTile<D, kTh>(a, b, h, t0, lo, hi, raw, tid);
   }
   cpAsyncCommit();
-  if (t1 > t0 + 1) loadTile<D>(a, b, h, t0 + 1, lo, hi, raw + stageB, tid);
+  if (t1 > t0 + 1) loadTile<D, kTh>(a, b, h, t0 + 1, lo, hi, raw + stageB, tid);
   cpAsyncCommit();
   __syncthreads();  // rowPos / rowOff
   // Q rows -> shared memory (zero rows for padding)
-  for (int c = tid; c < QR * (D / 8); c += kThreads) {
+  for (int c = tid; c < QR * (D / 8); c += kTh) {
     const int r = c / (D / 8), j = c % (D / 8);
     uint4 v = make_uint4(0, 0, 0, 0);
     if (rowPos[r] >= 0) v = *reinterpret_cast<const uint4*>(a.q + rowOff[r] + j * 8);
@@ -490,7 +505,7 @@ __global__ void __launch_bounds__(kThreads) kv4AttentionKernel(AttnArgs a) {
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
 
   // dequantization: thread tid always handles word j = tid % WPR of token rows tid / WPR + k *
-  // (128 / WPR), so its K and V group indices are fixed
+  // (kTh / WPR), so its K and V group indices are fixed
   const int dj = tid % WPR, dt0 = tid / WPR;
   const int ngk = D / a.gk, ngv = D / a.gv;
   const int kgi = dj * 8 / a.gk, vgi = dj * 8 / a.gv;
@@ -500,7 +515,7 @@ __global__ void __launch_bounds__(kThreads) kv4AttentionKernel(AttnArgs a) {
     const uint8_t* st = raw + ((tile - t0) & 1) * stageB;
     const __half* pr = reinterpret_cast<const __half*>(st + 2 * kTile * rowB);
 #pragma unroll 4
-    for (int tk = dt0; tk < kTile; tk += kThreads / WPR) {
+    for (int tk = dt0; tk < kTile; tk += kTh / WPR) {
       const int pos = tile * kTile + tk;
       uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
       if (pos >= lo && pos < hi) {
@@ -515,7 +530,7 @@ __global__ void __launch_bounds__(kThreads) kv4AttentionKernel(AttnArgs a) {
       *reinterpret_cast<uint4*>(Vs + tk * LD + dj * 8) = vv;
     }
     __syncthreads();
-    if (tile + 2 < t1) loadTile<D>(a, b, h, tile + 2, lo, hi, raw + ((tile - t0) & 1) * stageB, tid);
+    if (tile + 2 < t1) loadTile<D, kTh>(a, b, h, tile + 2, lo, hi, raw + ((tile - t0) & 1) * stageB, tid);
     cpAsyncCommit();
 
     // S = Q K^T over this warp's NT tokens
@@ -534,17 +549,32 @@ __global__ void __launch_bounds__(kThreads) kv4AttentionKernel(AttnArgs a) {
         mma16816(s[2 * np + 1], qf[ks], kb[2], kb[3]);
       }
     }
-    // mask, scale to base 2, online softmax (rows r and r + 8 of this warp)
-    float mx0 = m0, mx1 = m1;
+    // Mask only where some score of the warp's tokens [j0, j0 + NT) may be hidden from one of its
+    // rows (the window edges, the causal diagonal, tiles past a chunk's end): in a causal prefill
+    // most tiles are fully visible, and the per-score test cost more than the mma (NOTES log 15).
+    // Padding rows (position -1) are never stored, so they do not force the mask.
+    const int j0 = tile * kTile + tokBase, j1 = j0 + NT - 1;
+    const bool rowsSee =
+        (pos0 < 0 || (j1 <= pos0 && (a.window <= 0 || j0 > pos0 - a.window))) &&
+        (pos1 < 0 || (j1 <= pos1 && (a.window <= 0 || j0 > pos1 - a.window)));
+    if (!__all_sync(0xffffffffu, rowsSee && j0 >= lo && j1 < hi)) {
+#pragma unroll
+      for (int i = 0; i < NS; ++i) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int j = j0 + i * 8 + 2 * qd + (e & 1);
+          const int p = e < 2 ? pos0 : pos1;
+          const bool ok = j >= lo && j < hi && j <= p && (a.window <= 0 || j > p - a.window);
+          if (!ok) s[i][e] = -INFINITY;
+        }
+      }
+    }
+    // online softmax in base 2 on t = s log2(e)/sqrt(d) (rows r and r + 8 of this warp): the max
+    // of the raw scores is scaled once (a positive scale keeps the order, and rounding is
+    // monotonic), and each probability is one fma + ex2: 2^(fma(s, scale, -u))
+    float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
     for (int i = 0; i < NS; ++i) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int j = tile * kTile + tokBase + i * 8 + 2 * qd + (e & 1);
-        const int p = e < 2 ? pos0 : pos1;
-        const bool ok = j >= lo && j < hi && j <= p && (a.window <= 0 || j > p - a.window);
-        s[i][e] = ok ? s[i][e] * a.scale_log2 : -INFINITY;
-      }
       mx0 = fmaxf(mx0, fmaxf(s[i][0], s[i][1]));
       mx1 = fmaxf(mx1, fmaxf(s[i][2], s[i][3]));
     }
@@ -552,8 +582,10 @@ __global__ void __launch_bounds__(kThreads) kv4AttentionKernel(AttnArgs a) {
     mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
     mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
     mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    mx0 = fmaxf(m0, mx0 * a.scale_log2);
+    mx1 = fmaxf(m1, mx1 * a.scale_log2);
     const float u0 = mx0 == -INFINITY ? 0.f : mx0, u1 = mx1 == -INFINITY ? 0.f : mx1;
-    const float c0 = exp2f(m0 - u0), c1 = exp2f(m1 - u1);  // m = -inf -> 0
+    const float c0 = ex2(m0 - u0), c1 = ex2(m1 - u1);  // m = -inf -> 0
     m0 = mx0;
     m1 = mx1;
     l0 *= c0;
@@ -564,10 +596,10 @@ __global__ void __launch_bounds__(kThreads) kv4AttentionKernel(AttnArgs a) {
     }
 #pragma unroll
     for (int i = 0; i < NS; ++i) {
-      s[i][0] = exp2f(s[i][0] - u0);
-      s[i][1] = exp2f(s[i][1] - u0);
-      s[i][2] = exp2f(s[i][2] - u1);
-      s[i][3] = exp2f(s[i][3] - u1);
+      s[i][0] = ex2(fmaf(s[i][0], a.scale_log2, -u0));
+      s[i][1] = ex2(fmaf(s[i][1], a.scale_log2, -u0));
+      s[i][2] = ex2(fmaf(s[i][2], a.scale_log2, -u1));
+      s[i][3] = ex2(fmaf(s[i][3], a.scale_log2, -u1));
       l0 += s[i][0] + s[i][1];
       l1 += s[i][2] + s[i][3];
     }
@@ -1174,10 +1206,9 @@ DecodePlan decodePlan(int B, const lowbitKv4Layout* L) {
 
 template <int D, bool DECODE>
 int launchAttention(const AttnArgs& a, int T, bool regPath, cudaStream_t stream) {
-  constexpr int QR = DECODE ? 16 : 64;
   int st;
   if (DECODE && !regPath) {
-    const int smem = Smem<D>::bytes(QR, a.P);
+    const int smem = Smem<D>::bytes(16, a.P);
     st = allowDynamicSmem<kv4AttentionKernel<D, true>>(smem);
     if (st != LOWBIT_OK) return st;
     kv4AttentionKernel<D, true><<<dim3(a.splits, a.nkv, a.B), kThreads, smem, stream>>>(a);
@@ -1189,13 +1220,14 @@ int launchAttention(const AttnArgs& a, int T, bool regPath, cudaStream_t stream)
     if (items > 0x7fffffffLL) return LOWBIT_ERR_BAD_SHAPE;
     kv4DecodeKernel<D><<<static_cast<unsigned>(items), kThreads, smem, stream>>>(a);
   } else {
-    const int smem = Smem<D>::bytes(QR, a.P);
+    constexpr int R = kPrefillRows;
+    const int smem = Smem<D>::bytes(R, a.P);
     st = allowDynamicSmem<kv4AttentionKernel<D, false>>(smem);
     if (st != LOWBIT_OK) return st;
-    const long long rows = (static_cast<long long>(T) * a.rep + QR - 1) / QR + a.B;
+    const long long rows = (static_cast<long long>(T) * a.rep + R - 1) / R + a.B;
     if (rows > 0x7fffffffLL) return LOWBIT_ERR_BAD_SHAPE;
     kv4AttentionKernel<D, false>
-        <<<dim3(static_cast<unsigned>(rows), a.nkv, 1), kThreads, smem, stream>>>(a);
+        <<<dim3(static_cast<unsigned>(rows), a.nkv, 1), kPrefillThreads, smem, stream>>>(a);
   }
   st = launchStatus();
   const int splitHeads = (a.B * a.nkv - a.whole) * a.rep;  // (sequence, head) rows to merge
