@@ -358,9 +358,12 @@ __device__ __forceinline__ void loadTile(const AttnArgs& a, int b, int h, int ti
     const uint8_t* ksrc = a.codes + (slabK + slot0) * rowB;
     const uint8_t* vsrc = ksrc + static_cast<size_t>(a.nkv) * a.tpb * rowB;  // slab (blk, 1, h)
 #pragma unroll
-    for (int c = tid; c < kvChunks; c += NTH) {
-      cpAsync16(st + c * 16, ksrc + c * 16);
-      cpAsync16(st + kTile * rowB + c * 16, vsrc + c * 16);
+    for (int i = 0; i < (kvChunks + NTH - 1) / NTH; ++i) {  // compile-time trip count
+      const int c = tid + i * NTH;
+      if (kvChunks % NTH == 0 || c < kvChunks) {
+        cpAsync16(st + c * 16, ksrc + c * 16);
+        cpAsync16(st + kTile * rowB + c * 16, vsrc + c * 16);
+      }
     }
     const uint8_t* psrc = reinterpret_cast<const uint8_t*>(
         a.params + ((static_cast<size_t>(blk) * a.nkv + h) * a.tpb + slot0) * a.P);
@@ -549,15 +552,16 @@ __global__ void __launch_bounds__(DECODE ? kThreads : kPrefillThreads)
         mma16816(s[2 * np + 1], qf[ks], kb[2], kb[3]);
       }
     }
-    // Mask only where some score of the warp's tokens [j0, j0 + NT) may be hidden from one of its
-    // rows (the window edges, the causal diagonal, tiles past a chunk's end): in a causal prefill
-    // most tiles are fully visible, and the per-score test cost more than the mma (NOTES log 15).
-    // Padding rows (position -1) are never stored, so they do not force the mask.
+    // Prefill masks only where some score of the warp's tokens [j0, j0 + NT) may be hidden from
+    // one of its rows (the window edges, the causal diagonal, tiles past a chunk's end): in a
+    // causal prefill most tiles are fully visible (NOTES log 15). Padding rows (position -1) are
+    // never stored, so they do not force the mask. Decode (8 scores per thread) always masks: the
+    // vote gained nothing there.
     const int j0 = tile * kTile + tokBase, j1 = j0 + NT - 1;
     const bool rowsSee =
         (pos0 < 0 || (j1 <= pos0 && (a.window <= 0 || j0 > pos0 - a.window))) &&
         (pos1 < 0 || (j1 <= pos1 && (a.window <= 0 || j0 > pos1 - a.window)));
-    if (!__all_sync(0xffffffffu, rowsSee && j0 >= lo && j1 < hi)) {
+    if (DECODE || !__all_sync(0xffffffffu, rowsSee && j0 >= lo && j1 < hi)) {
 #pragma unroll
       for (int i = 0; i < NS; ++i) {
 #pragma unroll
