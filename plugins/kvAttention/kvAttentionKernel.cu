@@ -536,7 +536,8 @@ __global__ void __launch_bounds__(DECODE ? kThreads : kPrefillThreads)
       *reinterpret_cast<uint4*>(Vs + tk * LD + dj * 8) = vv;
     }
     __syncthreads();
-    if (tile + 2 < t1) loadTile<D, kTh>(a, b, h, tile + 2, lo, hi, raw + ((tile - t0) & 1) * stageB, tid);
+    if (tile + 2 < t1)
+      loadTile<D, kTh>(a, b, h, tile + 2, lo, hi, raw + ((tile - t0) & 1) * stageB, tid);
     cpAsyncCommit();
 
     // S = Q K^T over this warp's NT tokens
@@ -560,11 +561,16 @@ __global__ void __launch_bounds__(DECODE ? kThreads : kPrefillThreads)
     // causal prefill most tiles are fully visible (NOTES log 15). Padding rows (position -1) are
     // never stored, so they do not force the mask. Decode (8 scores per thread) always masks: the
     // vote gained nothing there.
-    const int j0 = tile * kTile + tokBase, j1 = j0 + NT - 1;
-    const bool rowsSee =
-        (pos0 < 0 || (j1 <= pos0 && (a.window <= 0 || j0 > pos0 - a.window))) &&
-        (pos1 < 0 || (j1 <= pos1 && (a.window <= 0 || j0 > pos1 - a.window)));
-    if (DECODE || !__all_sync(0xffffffffu, rowsSee && j0 >= lo && j1 < hi)) {
+    const int j0 = tile * kTile + tokBase;
+    bool fullTile = false;
+    if constexpr (!DECODE) {
+      const int j1 = j0 + NT - 1;
+      const bool rowsSee =
+          (pos0 < 0 || (j1 <= pos0 && (a.window <= 0 || j0 > pos0 - a.window))) &&
+          (pos1 < 0 || (j1 <= pos1 && (a.window <= 0 || j0 > pos1 - a.window)));
+      fullTile = __all_sync(0xffffffffu, rowsSee && j0 >= lo && j1 < hi);
+    }
+    if (!fullTile) {
 #pragma unroll
       for (int i = 0; i < NS; ++i) {
 #pragma unroll
