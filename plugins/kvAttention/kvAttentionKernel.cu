@@ -52,6 +52,7 @@
 
 #include "common/asyncCopy.cuh"
 #include "common/cudaCheck.h"
+#include "common/divConst.cuh"
 #include "common/pdl.cuh"
 
 namespace lowbit {
@@ -218,7 +219,7 @@ __device__ __forceinline__ void kv4AppendUnit(const AppendArgs& a, AppendRaw<D> 
     if (o < (1 << lgLanes)) m = __hmin2(m, p);
   }
   const float mn = __low2float(m), mx = -__high2float(m);
-  const __half sh = __float2half_rn(__fdiv_rn(__fsub_rn(mx, mn), 15.f));
+  const __half sh = __float2half_rn(divRnConst<15>(__fsub_rn(mx, mn)));  // = fl((mx - mn) / 15)
   const __half zh = __low2half(m);  // == mn
   const float s = __half2float(sh), z = mn;
   // code = clamp(rint((x - z) / s), 0, 15) with IEEE division, computed as one fma

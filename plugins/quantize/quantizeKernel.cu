@@ -7,7 +7,8 @@
 //   h[j] = (x[perm[j]] * rstd) * gamma[j]               (fp32; h = x[perm[j]] without gamma)
 //   normal j < Kn, groups of G:  s = fp16(amax * clip / 7);  q = clamp(rint(h / s), -8, 7)
 //   outlier j >= Kn (one group): s = fp16(amax / 127);       q = clamp(rint(h / s), -127, 127)
-//   a scale that is 0 gives q = 0. Divisions are IEEE (__fdiv_rn), rint = round half to even.
+//   a scale that is 0 gives q = 0. Divisions are IEEE (__fdiv_rn; by 7 / 127: divRnConst, the
+//   same results), rint = round half to even.
 //   x    fp16/bf16 [M, K] (K % 8 == 0), gamma same dtype [K] or null, perm int32 [K] or null
 //   x4   int8 [M, Kn/2] packed int4, low nibble first (lowbit.packing)   Kn = K - Ko, % 128 == 0
 //   xs4  fp16 [M, Kn/G]; x8 int8 [M, Ko] (Ko % 16 == 0); xs8 fp16 [M] (0 when Ko == 0;
@@ -33,10 +34,12 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "common/asyncCopy.cuh"
 #include "common/cudaCheck.h"
+#include "common/divConst.cuh"
 
 namespace lowbit {
 namespace {
@@ -262,7 +265,7 @@ atomQuantizeKernel(
 #pragma unroll
       for (int o = kLanes / 2; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
       if (!active) continue;
-      const __half s16 = __float2half_rn(__fdiv_rn(__fmul_rn(a, clip), 7.f));
+      const __half s16 = __float2half_rn(divRnConst<7>(__fmul_rn(a, clip)));
       const float s = __half2float(s16);
       uint32_t word = 0;
       if (s > 0.f) {
@@ -287,7 +290,7 @@ atomQuantizeKernel(
         a = fmaxf(a, amax8(h));
       }
       a = warpMax(a);
-      const __half s16 = __float2half_rn(__fdiv_rn(a, 127.f));
+      const __half s16 = __float2half_rn(divRnConst<127>(a));
       const float s = __half2float(s16);
       for (int j = lane; j < Ko / 8; j += 32) {
         ChunkAux<T> ax;
@@ -333,10 +336,14 @@ atomQuantizeKernel(
 // ncu history (K = 4096, M = 8192): the old kernel 38.3 M warp instructions, 61.7 us; one chunk
 // per thread with the row in registers 38.3 M (the per-row reduction paid by 4x the threads);
 // one CTA per row with fp32 staging 29.5 M but 16 warps per SM, latency-bound, 76.6 us.
-constexpr int kFastMaxCpt = 8, kFastMaxGroupThreads = 256, kFastMaxGroups = 4;
+// NT = threads per CTA: 512 (two CTAs per SM) where two CTAs each fit >= 2 row groups (K up to
+// ~6000 with RMSNorm), else 1024 (one CTA per SM sharing one set of tables: K = 11008 reorder-only
+// at M = 8192 146 -> 116 us against the one-row-per-CTA kernel, NOTES log 16); 64 registers either
+// way. R <= kFastMaxGroups (named barriers 1..R).
+constexpr int kFastMaxCpt = 8, kFastMaxGroupThreads = 256, kFastMaxGroups = 8;
 
-template <typename T, int G, int CPT>
-__global__ void __launch_bounds__(512, 2) atomQuantizeFastKernel(
+template <typename T, int G, int CPT, int NT>
+__global__ void __launch_bounds__(NT, 1024 / NT) atomQuantizeFastKernel(
     const T* __restrict__ x, const T* __restrict__ gamma, const int* __restrict__ perm, float eps,
     int M, int K, int Ko, float clip, int Tg, uint32_t* __restrict__ x4, __half* __restrict__ xs4,
     int8_t* __restrict__ x8, __half* __restrict__ xs8) {
@@ -352,6 +359,21 @@ __global__ void __launch_bounds__(512, 2) atomQuantizeFastKernel(
   constexpr float kRound = 12582912.0f;  // 1.5 * 2^23
   const int C = K / 8, Cn = (K - Ko) / 8;  // chunks: all, normal (a multiple of 16)
   const bool norm = gamma != nullptr;
+
+  const int g = threadIdx.x / Tg, tid = threadIdx.x - g * Tg, nw = Tg >> 5;
+  float* partial = partialAll + 8 * g;
+  T* slots = slotsAll + (size_t)g * 2 * K;
+  const int stride = gridDim.x * R;
+  auto fetch = [&](int row, int slot) {  // this thread's CPT vectors of row -> slot
+    const uint4* src = reinterpret_cast<const uint4*>(x + (size_t)row * K);
+    uint4* dst = reinterpret_cast<uint4*>(slots + slot * K);
+#pragma unroll
+    for (int c = 0; c < CPT; ++c)
+      if (tid + c * Tg < C) cpAsync16(dst + tid + c * Tg, src + tid + c * Tg);
+  };
+  int row = blockIdx.x * R + g;
+  if (row < M) fetch(row, 0);  // the first row's copies fly while the tables are set up
+  cpAsyncCommit();
 
   // Per-CTA setup (all threads), then one CTA barrier. Chunk j's 8 entries are stored rotated by
   // rot(j) = (j / 4) % 8 (slot e holds channel 8j + (e + rot) % 8) and split in two planes (slots
@@ -373,13 +395,32 @@ __global__ void __launch_bounds__(512, 2) atomQuantizeFastKernel(
     }
     float g8[8];
     if (norm) toF8<T>(reinterpret_cast<const uint4*>(gamma)[j], g8);
+    // ro[e] = sizeof(T) * o[(e + rot) % 8], rg[e] = g8[(e + rot) % 8]: a barrel rotation in
+    // registers, three select stages (dynamic indexing put both arrays in local memory)
     const int rot = (j >> 2) & 7;
     int ro[8];
     float rg[8];
 #pragma unroll
-    for (int e = 0; e < 8; ++e) {  // (setup only: dynamic indexing is fine here)
-      ro[e] = static_cast<int>(sizeof(T)) * o[(e + rot) & 7];
-      rg[e] = norm ? g8[(e + rot) & 7] : 0.f;
+    for (int e = 0; e < 8; ++e) {
+      ro[e] = static_cast<int>(sizeof(T)) * o[e];
+      rg[e] = norm ? g8[e] : 0.f;
+    }
+#pragma unroll
+    for (int k = 1; k < 8; k <<= 1) {
+      if (rot & k) {
+        int to[8];
+        float tg[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          to[e] = ro[(e + k) & 7];
+          tg[e] = rg[(e + k) & 7];
+        }
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          ro[e] = to[e];
+          rg[e] = tg[e];
+        }
+      }
     }
     reinterpret_cast<int4*>(so)[j] = make_int4(ro[0], ro[1], ro[2], ro[3]);
     reinterpret_cast<int4*>(so)[C + j] = make_int4(ro[4], ro[5], ro[6], ro[7]);
@@ -388,23 +429,9 @@ __global__ void __launch_bounds__(512, 2) atomQuantizeFastKernel(
       reinterpret_cast<float4*>(sg)[C + j] = make_float4(rg[4], rg[5], rg[6], rg[7]);
     }
   }
-  const int g = threadIdx.x / Tg, tid = threadIdx.x - g * Tg, nw = Tg >> 5;
-  float* partial = partialAll + 8 * g;
   if (tid >= nw && tid < 8) partial[tid] = 0.f;  // blockSum reads 8 entries
   __syncthreads();
 
-  T* slots = slotsAll + (size_t)g * 2 * K;
-  const int stride = gridDim.x * R;
-  auto fetch = [&](int row, int slot) {  // this thread's CPT vectors of row -> slot
-    const uint4* src = reinterpret_cast<const uint4*>(x + (size_t)row * K);
-    uint4* dst = reinterpret_cast<uint4*>(slots + slot * K);
-#pragma unroll
-    for (int c = 0; c < CPT; ++c)
-      if (tid + c * Tg < C) cpAsync16(dst + tid + c * Tg, src + tid + c * Tg);
-  };
-  int row = blockIdx.x * R + g;
-  if (row < M) fetch(row, 0);
-  cpAsyncCommit();
   for (int it = 0; row < M; row += stride, ++it) {
     const int slot = it & 1;
     if (row + stride < M) fetch(row + stride, slot ^ 1);
@@ -445,7 +472,7 @@ __global__ void __launch_bounds__(512, 2) atomQuantizeFastKernel(
       const int j = tid + c * Tg;
       if (c * Tg >= C) break;  // uniform: no thread has a chunk c
       const bool active = j < C, outlier = j >= Cn;
-      float h[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+      float h[8];  // set only where active (zero-filling it cost 8 moves per chunk)
       if (active) {
         const int4 o0 = reinterpret_cast<const int4*>(so)[j];
         const int4 o1 = reinterpret_cast<const int4*>(so)[C + j];
@@ -462,7 +489,7 @@ __global__ void __launch_bounds__(512, 2) atomQuantizeFastKernel(
       }
       // Group amax over aligned spans of kLanes (normal) or 16 (outlier) lanes (Tg is a multiple
       // of 32, so chunk c's spans are aligned too).
-      float a = amax8(h);
+      float a = active ? amax8(h) : 0.f;
 #pragma unroll
       for (int o = 8; o > 0; o >>= 1) {
         const float t = __shfl_xor_sync(0xffffffffu, a, o);
@@ -470,12 +497,12 @@ __global__ void __launch_bounds__(512, 2) atomQuantizeFastKernel(
       }
       if (!active) continue;
       // Scale as the reference: fp16(amax * clip / 7) (int4), fp16(amax / 127) (int8 outliers).
-      const __half s16 = __float2half_rn(outlier ? __fdiv_rn(a, 127.f)
-                                                 : __fdiv_rn(__fmul_rn(a, clip), 7.f));
+      const __half s16 = __float2half_rn(outlier ? divRnConst<127>(a)
+                                                 : divRnConst<7>(__fmul_rn(a, clip)));
       const float s = __half2float(s16);
       const float lo = outlier ? kRound - 127.f : kRound - 8.f;
       const float hi = outlier ? kRound + 127.f : kRound + 7.f;
-      int q[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      int q[8];
       if (s > 0.f) {
         float inv;
         asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(inv) : "f"(s));  // s: a normal fp32 (fp16 > 0)
@@ -491,6 +518,9 @@ __global__ void __launch_bounds__(512, 2) atomQuantizeFastKernel(
           for (int e = 0; e < 8; ++e)
             q[e] = __float_as_int(fminf(fmaxf(__fdiv_rn(h[e], s) + kRound, lo), hi));
         }
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) q[e] = 0;  // scale 0 (all-zero group): codes 0
       }
       const int rot = (j >> 2) & 7;  // code e is channel 8j + (e + rot) % 8: rotate it back
       if (!outlier) {
@@ -621,24 +651,28 @@ struct FastPlan {
   int Tg, R, smem;
 };
 template <typename T>
-inline FastPlan fastPlan(int K, int cpt, bool norm) {
+inline FastPlan fastPlan(int K, int cpt, bool norm, int nt) {
   FastPlan p;
   p.Tg = ((K / 8 + cpt - 1) / cpt + 31) / 32 * 32;
   const int slot = K * static_cast<int>(sizeof(T));
   auto bytes = [&](int r) { return K * 4 + r * 32 + (norm ? K * 4 : 0) + r * 2 * slot; };
-  // Up to 4 groups and 512 threads per CTA while two CTAs still fit in an SM's 227 KiB.
-  p.R = kFastMaxGroups;
-  while (p.R > 1 && (p.R * p.Tg > 512 || bytes(p.R) > 113 * 1024)) --p.R;
+  // As many groups as the CTA's nt threads hold while 1024 / nt CTAs fit in an SM's shared
+  // memory (H100: 228 KiB per SM, 227 per block; 1 KiB per CTA is the runtime's).
+  const int perSm = deviceAttribute<cudaDevAttrMaxSharedMemoryPerMultiprocessor>(228 * 1024);
+  const int perBlock = deviceAttribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>(227 * 1024);
+  const int limit = std::min(perBlock, perSm / (1024 / nt) - 1024);
+  p.R = std::min(kFastMaxGroups, nt / p.Tg);
+  while (p.R > 1 && bytes(p.R) > limit) --p.R;
   p.smem = bytes(p.R);
   return p;
 }
 
-template <typename T, int G, int CPT>
+template <typename T, int G, int CPT, int NT>
 int launchAtomFast(const FastPlan& p, const void* x, const void* gamma, const int* perm, float eps,
                    int M, int K, int Ko, float clip, void* x4, void* xs4, void* x8, void* xs8,
                    cudaStream_t stream) {
-  auto kernel = atomQuantizeFastKernel<T, G, CPT>;
-  int st = allowDynamicSmem<atomQuantizeFastKernel<T, G, CPT>>(p.smem);
+  auto kernel = atomQuantizeFastKernel<T, G, CPT, NT>;
+  int st = allowDynamicSmem<atomQuantizeFastKernel<T, G, CPT, NT>>(p.smem);
   if (st != LOWBIT_OK) return st;
   int grid = 0;
   st = persistentGrid(kernel, p.R * p.Tg, p.smem, (M + p.R - 1) / p.R, &grid);
@@ -660,18 +694,25 @@ int launchAtom(const void* x, const void* gamma, const int* perm, float eps, int
   const int C = K / 8;
   constexpr int t = kFastTargetThreads;
   const int cpt = C <= t ? 1 : C <= 2 * t ? 2 : C <= 4 * t ? 4 : 8;
-  // The set-up-once kernel where at least two row groups share a CTA's tables (K up to ~6000
-  // with RMSNorm, ~8000 without; beyond, its tables and slots leave too few rows per SM in
-  // flight: K = 11008, 1 group, 172.9 us vs 151.7 us here at M = 8192) and where each group gets
-  // about two rows or more to amortize the per-CTA setup (at M = 16 it cost 6.3 us vs 4.5 us).
-  const FastPlan plan = fastPlan<T>(K, cpt, gamma != nullptr);
-  if (Ko <= 128 && C <= kFastMaxCpt * kFastMaxGroupThreads && plan.R >= 2 &&
-      M >= 4 * plan.R * multiprocessorCount()) {
+  // The set-up-once kernel where at least two row groups share a CTA's tables (one group per
+  // CTA was slower than the one-row-per-CTA kernel: K = 11008, 172.9 vs 151.7 us at M = 8192) and
+  // where each group gets about two rows or more to amortize the per-CTA setup (at M = 16 it
+  // cost 6.3 us vs 4.5 us). 512-thread CTAs first (faster at K = 4096), else 1024.
+  if (Ko <= 128 && C <= kFastMaxCpt * kFastMaxGroupThreads) {
+    const bool norm = gamma != nullptr;
+    const int sms = multiprocessorCount();
+    const FastPlan p512 = fastPlan<T>(K, cpt, norm, 512);
+    if (p512.R >= 2 && M >= 2 * p512.R * 2 * sms) {  // ~2 rows per group
 #define LOWBIT_FAST(c) \
-  launchAtomFast<T, G, c>(plan, x, gamma, perm, eps, M, K, Ko, clip, x4, xs4, x8, xs8, stream)
-    return cpt == 1 ? LOWBIT_FAST(1) : cpt == 2 ? LOWBIT_FAST(2) : cpt == 4 ? LOWBIT_FAST(4)
-                                                                            : LOWBIT_FAST(8);
+  launchAtomFast<T, G, c, 512>(p512, x, gamma, perm, eps, M, K, Ko, clip, x4, xs4, x8, xs8, stream)
+      return cpt == 1 ? LOWBIT_FAST(1) : cpt == 2 ? LOWBIT_FAST(2) : cpt == 4 ? LOWBIT_FAST(4)
+                                                                              : LOWBIT_FAST(8);
 #undef LOWBIT_FAST
+    }
+    const FastPlan p1024 = fastPlan<T>(K, cpt, norm, 1024);
+    if (cpt == 8 && p512.R < 2 && p1024.R >= 2 && M >= 2 * p1024.R * sms)
+      return launchAtomFast<T, G, 8, 1024>(p1024, x, gamma, perm, eps, M, K, Ko, clip, x4, xs4, x8,
+                                           xs8, stream);
   }
   const int threads = threadsFor(K);
   return threads <= kSmallThreads

@@ -279,6 +279,11 @@ ATOM_Q_CASES = [  # (M, K, K_o, G, dtype, eps, clip, use perm)
     (100, 576, 64, 64, torch.float16, 1e-6, 1.0, True),
     (16, 1536, 0, 128, torch.float16, 1e-5, 0.9, False),
     (5, 20480, 128, 128, torch.float16, 1e-5, 0.9, True),  # K > 16384: the general kernel
+    # M large enough for the set-up-once kernel (atomQuantizeFastKernel; H100, 132 SMs): 512-thread
+    # CTAs at K = 4096 (M >= 2112), 1024-thread CTAs at K = 11008 (M >= 792 with RMSNorm)
+    (4500, 4096, 128, 128, torch.float16, 1e-5, 0.9, True),
+    (2200, 4096, 128, 64, torch.bfloat16, 1e-6, 1.0, True),
+    (1500, 11008, 128, 128, torch.float16, 1e-5, 0.9, True),
 ]
 
 
@@ -316,6 +321,8 @@ def test_atom_rmsnorm_quantize(cuda_lib, m, k, ko, gs, dtype, eps, clip, use_per
     (1000, 11008, 128, 128, torch.float16, True),
     (17, 4112, 16, 64, torch.bfloat16, False),
     (255, 1536, 128, 128, torch.bfloat16, True),
+    (4500, 4096, 128, 128, torch.float16, True),  # set-up-once kernel, 512-thread CTAs
+    (2100, 11008, 128, 128, torch.bfloat16, True),  # set-up-once kernel, 1024-thread CTAs
 ])
 def test_atom_reorder_quantize(cuda_lib, m, k, ko, gs, dtype, use_perm) -> None:
     g = _gen((m, k, ko, gs, str(dtype), use_perm))
