@@ -709,10 +709,12 @@ int launchAtom(const void* x, const void* gamma, const int* perm, float eps, int
                                                                               : LOWBIT_FAST(8);
 #undef LOWBIT_FAST
     }
-    const FastPlan p1024 = fastPlan<T>(K, cpt, norm, 1024);
-    if (cpt == 8 && p512.R < 2 && p1024.R >= 2 && M >= 2 * p1024.R * sms)
-      return launchAtomFast<T, G, 8, 1024>(p1024, x, gamma, perm, eps, M, K, Ko, clip, x4, xs4, x8,
-                                           xs8, stream);
+    if (cpt == 8 && p512.R < 2) {  // 1024-thread CTAs are built for CPT = 8 only (large K)
+      const FastPlan p1024 = fastPlan<T>(K, cpt, norm, 1024);
+      if (p1024.R >= 2 && M >= 2 * p1024.R * sms)
+        return launchAtomFast<T, G, 8, 1024>(p1024, x, gamma, perm, eps, M, K, Ko, clip, x4, xs4,
+                                             x8, xs8, stream);
+    }
   }
   const int threads = threadsFor(K);
   return threads <= kSmallThreads
