@@ -1,4 +1,5 @@
-"""Decode (M <= 16) GEMM kernels side by side: every forced decode configuration vs cuBLAS fp16.
+"""Decode GEMM kernels (W4A4 M <= 64, W8A8 M <= 32) side by side: every forced decode
+configuration vs cuBLAS fp16 (and torch._int_mm, which needs M > 16).
 
 Quick iteration benchmark for the memory-bound skinny/gemv kernels (the full table is
 bench_gemm.py). Same timing method (CUDA-graph replays, inputs rotated beyond L2) and operands
@@ -31,6 +32,11 @@ def bench(m: int, k: int, n: int, configs: list[str]) -> dict:
             for _ in range(copies_for(k * n * 2))]
     r["fp16"] = time_graph([lambda w=w: torch.matmul(x16, w) for w in ws16])
     del ws16
+    if m > 16:  # torch._int_mm needs M > 16
+        xi = _i8((m, k))
+        wi = [_i8((n, k)).t() for _ in range(copies_for(k * n))]
+        r["int_mm"] = time_graph([lambda w=w: torch._int_mm(xi, w) for w in wi])
+        del wi
     gamma = (torch.rand(k, device="cuda") + 0.5).half()
     perm = atom_perm(k, KO)
     a = ops.atom_rmsnorm_quantize(x16, gamma, perm, 1e-5, KO, GS, 0.9)
@@ -45,6 +51,8 @@ def bench(m: int, k: int, n: int, configs: list[str]) -> dict:
     xq, xs = ops.rmsnorm_quantize_int8(x16, gamma, 1e-5)
     w8s = [(_i8((n, k)), torch.rand(n, device="cuda") * 0.01) for _ in range(copies_for(n * k))]
     for c in configs:
+        if m > 32 and c.startswith(("gemv", "skinny")):
+            continue  # W8A8 gemv serves M <= 32
         r["w8a8_" + c] = time_graph(
             [lambda w=w, c=c: ops.w8a8_gemm(xq, xs, w[0], w[1], out=y, config=c) for w in w8s])
     del w8s
@@ -82,14 +90,22 @@ def main() -> None:
         return
     rows = [bench(m, k, n, configs) for k, n in SHAPES for m in map(int, args.ms.split(","))]
     print(f"device: {torch.cuda.get_device_name()}")
-    print("us (speed-up vs cuBLAS fp16) [weight TB/s]")
+    print("us (speed-up vs cuBLAS fp16) [weight TB/s] {speed-up vs torch._int_mm, W8A8, M > 16}")
     for r in rows:
         for kind in ("w4a4", "w8a8"):
-            cells = " ".join(
-                f"{c}={r[kind + '_' + c] * 1e6:6.1f} ({r['fp16'] / r[kind + '_' + c]:4.2f}x)"
-                f"[{r[kind + '_bytes'] / r[kind + '_' + c] / 1e12:4.2f}]" for c in configs)
-            print(f"{kind} M={r['M']:>2} {r['K']:>5}x{r['N']:<5} fp16={r['fp16'] * 1e6:5.1f} | "
-                  f"{cells}")
+            cells = []
+            for c in configs:
+                if kind + "_" + c not in r:
+                    continue
+                t = r[kind + "_" + c]
+                cell = (f"{c}={t * 1e6:6.1f} ({r['fp16'] / t:4.2f}x)"
+                        f"[{r[kind + '_bytes'] / t / 1e12:4.2f}]")
+                if kind == "w8a8" and "int_mm" in r:
+                    cell += f"{{{r['int_mm'] / t:4.2f}}}"
+                cells.append(cell)
+            ref = f" int_mm={r['int_mm'] * 1e6:5.1f}" if "int_mm" in r else ""
+            head = f"{kind} M={r['M']:>2} {r['K']:>5}x{r['N']:<5} fp16={r['fp16'] * 1e6:5.1f}"
+            print(f"{head}{ref} | " + " ".join(cells))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """W4A4 (Atom) and W8A8 (SmoothQuant) GEMMs vs cuBLAS fp16 (torch.matmul) and torch._int_mm.
 
-Shapes: M in (1, 16, 64, 256, 1024, 4096, 8192) x Llama-2-7B (K, N) in (4096, 11008),
+Shapes: M in (1, 16, 32, 64, 256, 1024, 4096, 8192) x Llama-2-7B (K, N) in (4096, 11008),
 (11008, 4096), (4096, 4096). Atom: K_o = 128 outliers, group 128.
 
 Columns (microseconds, median, CUDA-graph replay, inputs rotated beyond L2):
@@ -29,7 +29,7 @@ from common import atom_perm, copies_for, fmt_ratio, fmt_us, time_graph  # noqa:
 
 from lowbit import ops, packing  # noqa: E402
 
-MS = (1, 16, 64, 256, 1024, 4096, 8192)
+MS = (1, 16, 32, 64, 256, 1024, 4096, 8192)
 SHAPES = ((4096, 11008), (11008, 4096), (4096, 4096))
 KO, GS = 128, 128
 

@@ -456,12 +456,18 @@ inline int pickW8a8WgmmaConfig(int M, int N, int K) {
 }
 
 // Gemv kernel for M <= 16 (tiled decode for G = 64; gemv falls back to skinny where it does not
-// fit); the 128 x 128 tile once it yields at least two waves; else 64 x 64.
+// fit), W4A4 (G = 128) M <= 64 and W8A8 M <= 32 where no wgmma kernel runs; the 128 x 128 tile
+// once it yields at least two waves; else 64 x 64.
 inline int pickConfig(int M, int N, int K, int mode) {
   if (M <= 16) return mode == kW4A4G64 ? kCfgDecode : kCfgGemv;
-  // wgmma (sm_90a) beats every mma.sync tile for W8A8 from M = 32 and for W4A4 from M ~ 512
-  if (mode != kW4A4G64 && M >= (mode == kW8A8 ? 32 : 512) && wg::wgmmaAvailable())
-    return mode == kW8A8 ? pickW8a8WgmmaConfig(M, N, K) : kCfgWgmma;
+  // wgmma (sm_90a) beats every mma.sync tile for W8A8 from M = 17 (M = 17..32: 128 x 96 / 64 /
+  // 32 tiles with a 32-row A box, 22.8 vs gemv 23.2-26.0 us at 4096 x 11008, NOTES log 17) and
+  // for W4A4 from M ~ 512
+  if (mode == kW8A8 && wg::wgmmaAvailable()) return pickW8a8WgmmaConfig(M, N, K);
+  // gemv with four / eight token groups: W4A4 M <= 64 (4096 x 11008 M = 32: ~20 vs 35.9 us for
+  // `mid`; 11008 x 4096 M = 64: ~30 vs 61.7 us), W8A8 M <= 32 (GPUs without the wgmma kernels)
+  if (M <= (mode == kW8A8 ? 32 : 64) && mode != kW4A4G64 && N >= 16) return kCfgGemv;
+  if (mode == kW4A4G128 && M >= 512 && wg::wgmmaAvailable()) return kCfgWgmma;
   const long tiles = (long)((M + 127) / 128) * ((N + 127) / 128);
   return tiles >= 2L * multiprocessorCount() ? kCfgLarge : kCfgMid;
 }
@@ -487,7 +493,10 @@ inline int dispatch(const Problem& p, int config, cudaStream_t stream) {
     case kCfgGemvK12:
       if (gemvFits<MODE>(p)) return launchGemv<MODE>(p, stream, config - kCfgGemv);
       if (!autoPick) return LOWBIT_ERR_UNSUPPORTED;
-      [[fallthrough]];  // auto: N < 16 or > 2 GiB operands take the skinny/decode path
+      // auto, > 2 GiB operands: M > 16 takes the 64 x 64 tiles, M <= 16 (also N < 16) the
+      // skinny/decode path
+      if (p.M > 16) return launchConfig<CfgMid, MODE>(p, stream);
+      [[fallthrough]];
     case kCfgSkinny: {
       bool used = false;
       const int st = launchSkinny<MODE>(p, stream, &used);

@@ -1,4 +1,4 @@
-// Register-streaming int8 tensor-core GEMV/GEMM for M <= 16 (decode), shared by w4a4Gemm and
+// Register-streaming int8 tensor-core GEMV/GEMM for M <= 32 (decode), shared by w4a4Gemm and
 // w8a8Gemm. Included by igemmCore.cuh (uses its Problem, Mode, widen4, loadScale8); same operands
 // and math as the tiled kernels.
 //
@@ -12,16 +12,16 @@
 //    columns) and the activations its B operand (n8 = 8 tokens). With M <= 8 an m16n8k32 mma then
 //    does no work on padding (the skinny kernel's A = activations wasted 15/16 of it at M = 1),
 //    so there are half the mma and no zero-register moves per weight byte; M = 9..16 uses a
-//    second mma (tokens 8..15) sharing the widened weights.
+//    second mma (tokens 8..15) sharing the widened weights, M = 17..32 four (NTG token groups).
 //  * out-of-range rows/columns are clamped, not predicated (their sums are never stored).
 //
 // Work split: a tile is NB blocks of 16 output columns (16 weight rows). A "super-chunk" is 64
 // bytes of K per row: 128 int4 values = one group of G = 128 (region 4), or 64 int8 values
 // (region 8: W8A8, or Atom's outliers). The KS warps of a CTA take the S super-chunks of a tile
-// round-robin (warp ks: ks, ks + KS, ...; cnt = ceil((S - ks) / KS) of them, at least 1 so that
-// every warp meets every tile's barrier). Work item = (tile, one super-chunk): lane (g, t) loads
-// 16-byte chunk t of weight rows nb + g and nb + 8 + g of each block, the same chunk of
-// activation rows (tokens) g (and g + 8), and the scales. In mma step i each lane supplies word i
+// round-robin (warp ks: ks, ks + KS, ...; every warp counts cnt = ceil(S / KS) items per tile,
+// the last ones empty where sc >= S, so that all warps meet each tile's barrier together). Work
+// item = (tile, one super-chunk): lane (g, t) loads 16-byte chunk t of weight rows nb + g and
+// nb + 8 + g of each block, the same chunk of activation rows (tokens) g + 8q, and the scales. In mma step i each lane supplies word i
 // of ITS chunk for A and B alike, so the K order inside an mma agrees and no repacking is needed:
 //   int4 (step i = 0..3, word i widened to lo = even nibbles, hi = odd nibbles, 16 x value):
 //     A = {lo(W[g]), lo(W[g+8]), hi(W[g]), hi(W[g+8])}, B = {lo(X[g]), hi(X[g])}
@@ -74,49 +74,70 @@ __device__ __forceinline__ void mmaS8To(int (&d)[4], const uint32_t (&a)[4], uin
 }
 
 // One work item's registers: per 16-row block j the chunks of weight rows g and g + 8 (+ their
-// group scales, raw fp16 bits in the low half), the activation chunks of tokens g and g + 8 and
-// the activation scales of tokens 2t, 2t + 1 (+ 8).
-template <int NB>
+// group scales, raw fp16 bits in the low half), the activation chunks of tokens g + 8q
+// (q < NTG) and the activation scales of tokens 2t + (i & 1) + 8 (i >> 1) (i < 2 NTG).
+// W4A4 with NTG >= 4 (M = 17..64): the activations are not prefetched (24 / 48 registers a
+// stage); the multiplier loads them from L1 one token group ahead (kLateA) and widens the weights
+// once for all groups. The stage then holds one unused chunk. Measured against prefetching at
+// NTG = 4 (H100, NOTES log 17): 4096 x 11008 M = 32 22.8 -> 20.1 us, 11008 x 4096 19.2 -> 18.4.
+template <int MODE, int NTG>
+constexpr bool gemvLateA() { return MODE != kW8A8 && NTG >= 4; }
+template <int MODE, int NB, int NTG>
 struct GemvStage {
+  static constexpr int kA = gemvLateA<MODE, NTG>() ? 1 : NTG;
   uint4 b0[NB], b1[NB];
   uint32_t w0[NB], w1[NB];
-  uint4 a0, a1;
-  uint32_t x[4];
+  uint4 a[kA];
+  uint32_t x[2 * kA];
 };
 
-template <int KS, int NB, bool kHalf>
+// NTG: token groups of 8 (n8 of the mma): 1 for M <= 8, 2 for M <= 16, 4 for M <= 32.
+template <int KS, int NB, int NTG>
 struct GemvConfig {
   static constexpr int kThreads = KS * 32;
-  static constexpr int kE = kHalf ? 4 : 8;                 // accumulators per lane per block
+  static constexpr int kE = 4 * NTG;                       // accumulators per lane per block
   static constexpr int kRedFloats = KS * NB * kE * 32;     // [KS][NB][kE][32] per buffer
-  static constexpr int kSmemBytes = 2 * kRedFloats * 4;    // double-buffered
+  // double-buffered (one barrier per tile) up to 64 KiB; above, one buffer and two barriers, so
+  // that L1 keeps room for the activations every tile re-reads (M = 32: 32 x K bytes)
+  static constexpr int kBufs = 2 * kRedFloats * 4 <= 64 * 1024 ? 2 : 1;
+  static constexpr int kSmemBytes = kBufs * kRedFloats * 4;
 };
 
 __device__ __forceinline__ float halfBits(uint32_t h) {
   return __half2float(__ushort_as_half((unsigned short)h));
 }
 
-// kHalf: M <= 8, tokens 8..15 never exist (not loaded, no second mma).
-template <int MODE, int KS, int NB, int D, bool kHalf>
+// NTG token groups of 8 (tokens g + 8q, q < NTG; the launcher picks NTG from M). Tokens >= M are
+// clamped to M - 1: their sums are computed and never stored.
+template <int MODE, int KS, int NB, int D, int NTG>
 __global__ void __launch_bounds__(KS * 32, KS < 16 ? 16 / KS : 1) gemvKernel(const Problem p) {
-  using C = GemvConfig<KS, NB, kHalf>;
-  constexpr int E = C::kE;
+  using C = GemvConfig<KS, NB, NTG>;
+  constexpr bool kLateA = gemvLateA<MODE, NTG>();
+  static_assert(!kLateA || (MODE != kW8A8 && NB == 1), "late activations: W4A4, NB = 1 only");
+  constexpr int E = C::kE, NX = 2 * NTG, NTA = kLateA ? 1 : NTG, NXA = 2 * NTA;
   extern __shared__ __align__(16) float red[];
   const int lane = threadIdx.x & 31, ks = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int S4 = (MODE == kW8A8) ? 0 : p.ng;  // int4 super-chunks (= groups of 128)
   const int S = S4 + p.slices8;
-  const int cnt = S > ks ? (S - ks + KS - 1) / KS : 1;  // items per tile for this warp
+  // items per tile, the same for every warp (a warp's items past S are empty): every warp then
+  // reaches each tile's barrier(s) from the same unrolled position of the pipeline loop
+  const int cnt = (S + KS - 1) / KS;
   const int scEnd = ks + cnt * KS;
   const int tiles = (p.N + NB * 16 - 1) / (NB * 16);
   const int myTiles = (tiles - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x;
   const int total = myTiles * cnt;
   const uint32_t rowB4 = (uint32_t)p.Kn >> 1, rowB8 = (uint32_t)p.K8;
   // tokens (clamped: rows >= M compute sums that are never stored)
-  const uint32_t ta = (uint32_t)min(g, p.M - 1), tb = (uint32_t)min(g + 8, p.M - 1);
-  uint32_t tx[4];  // tokens whose scales this lane applies: 2t, 2t + 1, 2t + 8, 2t + 9
+  // (kLateA: computed where used instead)
+  uint32_t ta[NTA];  // tokens whose chunks this lane loads: g + 8q
 #pragma unroll
-  for (int i = 0; i < 4; ++i) tx[i] = (uint32_t)min(2 * t + (i & 1) + (i >> 1) * 8, p.M - 1);
+  for (int q = 0; q < NTA; ++q) ta[q] = (uint32_t)min(g + 8 * q, p.M - 1);
+  uint32_t tx[NXA];  // tokens whose scales this lane applies: 2t + (i & 1) + 8 (i >> 1)
+#pragma unroll
+  for (int i = 0; i < NXA; ++i) tx[i] = (uint32_t)min(2 * t + (i & 1) + (i >> 1) * 8, p.M - 1);
+  auto tokA = [&](int q) { return (uint32_t)min(g + 8 * q, p.M - 1); };
+  auto tokX = [&](int i) { return (uint32_t)min(2 * t + (i & 1) + (i >> 1) * 8, p.M - 1); };
   const int tileStride = (int)gridDim.x * NB * 16;
   const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
   const int magic[4] = {kMagic, kMagic, kMagic, kMagic};
@@ -132,15 +153,18 @@ __global__ void __launch_bounds__(KS * 32, KS < 16 ? 16 / KS : 1) gemvKernel(con
       row4[j] = ((uint32_t)min(lN0 + j * 16, p.N - 16) + g) * rowB4 + t * 16;
   };
   setTile();
-  auto load = [&](GemvStage<NB>& st) {
+  auto load = [&](GemvStage<MODE, NB, NTG>& st) {
     const int sc = lSc;
     if (lIt < total) {
       if (sc < S4) {
         const uint32_t o = (uint32_t)sc * kSliceBytes;
-        st.a0 = ldgCached16(p.a4 + (ta * rowB4 + t * 16 + o));
-        if constexpr (!kHalf) st.a1 = ldgCached16(p.a4 + (tb * rowB4 + t * 16 + o));
+        if constexpr (!kLateA) {
 #pragma unroll
-        for (int i = 0; i < (kHalf ? 2 : 4); ++i) st.x[i] = ldgCached2(p.as4 + (tx[i] * p.ng + sc));
+          for (int q = 0; q < NTG; ++q)
+            st.a[q] = ldgCached16(p.a4 + (ta[q] * rowB4 + t * 16 + o));
+#pragma unroll
+          for (int i = 0; i < NX; ++i) st.x[i] = ldgCached2(p.as4 + (tx[i] * p.ng + sc));
+        }
         const __half* ws = p.bs4t + (size_t)sc * p.N + g;
 #pragma unroll
         for (int j = 0; j < NB; ++j) {
@@ -153,8 +177,10 @@ __global__ void __launch_bounds__(KS * 32, KS < 16 ? 16 / KS : 1) gemvKernel(con
       } else if (sc < S) {
         const uint32_t o = (uint32_t)(sc - S4) * kSliceBytes + t * 16;
         if (o < rowB8) {  // K8 % 16 == 0: a chunk is all in or all out
-          st.a0 = ldgCached16(p.a8 + (ta * rowB8 + o));
-          if constexpr (!kHalf) st.a1 = ldgCached16(p.a8 + (tb * rowB8 + o));
+          if constexpr (!kLateA) {
+#pragma unroll
+            for (int q = 0; q < NTG; ++q) st.a[q] = ldgCached16(p.a8 + (ta[q] * rowB8 + o));
+          }
 #pragma unroll
           for (int j = 0; j < NB; ++j) {
             const uint32_t r = (uint32_t)min(lN0 + j * 16, p.N - 16) + g;
@@ -162,8 +188,8 @@ __global__ void __launch_bounds__(KS * 32, KS < 16 ? 16 / KS : 1) gemvKernel(con
             st.b1[j] = ldgStream16(p.b8 + ((r + 8) * rowB8 + o));
           }
         } else {
-          st.a0 = zero;
-          st.a1 = zero;
+#pragma unroll
+          for (int q = 0; q < NTA; ++q) st.a[q] = zero;
 #pragma unroll
           for (int j = 0; j < NB; ++j) {
             st.b0[j] = zero;
@@ -173,8 +199,10 @@ __global__ void __launch_bounds__(KS * 32, KS < 16 ? 16 / KS : 1) gemvKernel(con
         if constexpr (MODE != kW8A8) {  // Atom outliers are folded per item: fp16 scales now
           const __half* xs8 = static_cast<const __half*>(p.as8);
           const __half* ws8 = static_cast<const __half*>(p.bs8);
+          if constexpr (!kLateA) {
 #pragma unroll
-          for (int i = 0; i < (kHalf ? 2 : 4); ++i) st.x[i] = ldgCached2(xs8 + tx[i]);
+            for (int i = 0; i < NX; ++i) st.x[i] = ldgCached2(xs8 + tx[i]);
+          }
 #pragma unroll
           for (int j = 0; j < NB; ++j) {
             const int nb = min(lN0 + j * 16, p.N - 16);
@@ -194,62 +222,122 @@ __global__ void __launch_bounds__(KS * 32, KS < 16 ? 16 / KS : 1) gemvKernel(con
   };
 
   // accF: fp32 partial sums of this warp's K part (Atom: groups and outliers, folded per item);
-  // acc8: W8A8's exact int32 sum, scaled once at the end of the tile. Index e: 0..3 = c0..c3 of
-  // tokens 2t, 2t+1; 4..7 = the same for tokens 2t+8, 2t+9 (only when M > 8).
+  // acc8: W8A8's exact int32 sum, scaled once at the end of the tile. Index e = 4q + c: c0..c3
+  // (rows g / g + 8, tokens 2t / 2t + 1) of token group q (tokens + 8q).
   float accF[NB][E];
-  int acc8[NB][2][4];
+  int acc8[NB][NTG][4];
 #pragma unroll
   for (int j = 0; j < NB; ++j)
 #pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      if (e < E) accF[j][e] = 0.f;
+    for (int e = 0; e < E; ++e) {
+      accF[j][e] = 0.f;
       acc8[j][e >> 2][e & 3] = 0;
     }
 
   // Multiplier position.
   int cSc = ks, cN0 = (int)blockIdx.x * NB * 16, tileCount = 0;
-  auto compute = [&](const GemvStage<NB>& st) {
+  auto compute = [&](const GemvStage<MODE, NB, NTG>& st) {
     const int sc = cSc;
+    if constexpr (kLateA) {
     if (sc < S4) {
-      float xs[4];  // activation scales / 256 (both operands carry 16 x value)
-#pragma unroll
-      for (int i = 0; i < (kHalf ? 2 : 4); ++i) xs[i] = halfBits(st.x[i]) * (1.f / 256.f);
-      const uint32_t xw0[4] = {st.a0.x, st.a0.y, st.a0.z, st.a0.w};
-      const uint32_t xw1[4] = {st.a1.x, st.a1.y, st.a1.z, st.a1.w};
-      uint32_t xb[4][2], xb8[4][2];  // widened activations (B operand), reused by the blocks
+      // weights widened once (16 registers), then token group by token group; the activation
+      // chunk and scales of group q + 1 are loaded from L1 while group q is multiplied
+      uint32_t wa4[4][4];
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        widen4(xw0[i], xb[i][0], xb[i][1]);
-        if constexpr (!kHalf) widen4(xw1[i], xb8[i][0], xb8[i][1]);
+        const uint32_t w0[4] = {st.b0[0].x, st.b0[0].y, st.b0[0].z, st.b0[0].w};
+        const uint32_t w1[4] = {st.b1[0].x, st.b1[0].y, st.b1[0].z, st.b1[0].w};
+        widen4(w0[i], wa4[i][0], wa4[i][2]);
+        widen4(w1[i], wa4[i][1], wa4[i][3]);
       }
+      const float wa = halfBits(st.w0[0]), wb = halfBits(st.w1[0]);
+      const uint32_t o = (uint32_t)sc * kSliceBytes + t * 16;
+      uint4 an = ldgCached16(p.a4 + (tokA(0) * rowB4 + o));
+      uint32_t xn0 = ldgCached2(p.as4 + (tokX(0) * p.ng + sc));
+      uint32_t xn1 = ldgCached2(p.as4 + (tokX(1) * p.ng + sc));
+#pragma unroll
+      for (int q = 0; q < NTG; ++q) {
+        const uint4 ac = an;
+        const float x0 = halfBits(xn0) * (1.f / 256.f), x1 = halfBits(xn1) * (1.f / 256.f);
+        if (q + 1 < NTG) {
+          an = ldgCached16(p.a4 + (tokA(q + 1) * rowB4 + o));
+          xn0 = ldgCached2(p.as4 + (tokX(2 * q + 2) * p.ng + sc));
+          xn1 = ldgCached2(p.as4 + (tokX(2 * q + 3) * p.ng + sc));
+        }
+        const uint32_t xw[4] = {ac.x, ac.y, ac.z, ac.w};
+        int acc[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          uint32_t b0, b1;
+          widen4(xw[i], b0, b1);
+          if (i == 0) mmaS8To(acc, wa4[i], b0, b1, magic);
+          else mmaS8To(acc, wa4[i], b0, b1, acc);
+        }
+        float* f = &accF[0][4 * q];
+        f[0] = fmaf(__int_as_float(acc[0]) - kMagicF, wa * x0, f[0]);
+        f[1] = fmaf(__int_as_float(acc[1]) - kMagicF, wa * x1, f[1]);
+        f[2] = fmaf(__int_as_float(acc[2]) - kMagicF, wb * x0, f[2]);
+        f[3] = fmaf(__int_as_float(acc[3]) - kMagicF, wb * x1, f[3]);
+      }
+    } else if (sc < S) {
+      // Atom outliers (64 int8 values of this part), activations from L1 as above. Every lane
+      // takes part in the (warp-collective) mma: a chunk past K_o has zero weights (loader) and
+      // zero activations.
+      const uint32_t o = (uint32_t)(sc - S4) * kSliceBytes + t * 16;
+      const bool in = o < rowB8;  // K8 % 16 == 0: a chunk is all in or all out
+      const uint32_t aA[4] = {st.b0[0].x, st.b1[0].x, st.b0[0].y, st.b1[0].y};
+      const uint32_t aB[4] = {st.b0[0].z, st.b1[0].z, st.b0[0].w, st.b1[0].w};
+      const float wa = halfBits(st.w0[0]), wb = halfBits(st.w1[0]);
+      const __half* xs8 = static_cast<const __half*>(p.as8);
+#pragma unroll
+      for (int q = 0; q < NTG; ++q) {
+        const uint4 ac = in ? ldgCached16(p.a8 + (tokA(q) * rowB8 + o)) : zero;
+        const float x0 = halfBits(ldgCached2(xs8 + tokX(2 * q)));
+        const float x1 = halfBits(ldgCached2(xs8 + tokX(2 * q + 1)));
+        int acc[4];
+        mmaS8To(acc, aA, ac.x, ac.y, zeros);
+        mmaS8To(acc, aB, ac.z, ac.w, acc);
+        float* f = &accF[0][4 * q];
+        f[0] = fmaf(static_cast<float>(acc[0]), wa * x0, f[0]);
+        f[1] = fmaf(static_cast<float>(acc[1]), wa * x1, f[1]);
+        f[2] = fmaf(static_cast<float>(acc[2]), wb * x0, f[2]);
+        f[3] = fmaf(static_cast<float>(acc[3]), wb * x1, f[3]);
+      }
+    }
+    } else {
+    if (sc < S4) {
+      float xs[NX];  // activation scales / 256 (both operands carry 16 x value)
+#pragma unroll
+      for (int i = 0; i < NX; ++i) xs[i] = halfBits(st.x[i]) * (1.f / 256.f);
 #pragma unroll
       for (int j = 0; j < NB; ++j) {
         const uint32_t w0[4] = {st.b0[j].x, st.b0[j].y, st.b0[j].z, st.b0[j].w};
         const uint32_t w1[4] = {st.b1[j].x, st.b1[j].y, st.b1[j].z, st.b1[j].w};
-        int acc[4], accH[4];
+        int acc[NTG][4];
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           uint32_t a[4];
           widen4(w0[i], a[0], a[2]);
           widen4(w1[i], a[1], a[3]);
-          if (i == 0) {
-            mmaS8To(acc, a, xb[i][0], xb[i][1], magic);
-            if constexpr (!kHalf) mmaS8To(accH, a, xb8[i][0], xb8[i][1], magic);
-          } else {
-            mmaS8To(acc, a, xb[i][0], xb[i][1], acc);
-            if constexpr (!kHalf) mmaS8To(accH, a, xb8[i][0], xb8[i][1], accH);
+#pragma unroll
+          for (int q = 0; q < NTG; ++q) {
+            // widened activations (B operand); the same words for every block j (the compiler
+            // keeps one copy when NB > 1)
+            const uint32_t xw[4] = {st.a[q].x, st.a[q].y, st.a[q].z, st.a[q].w};
+            uint32_t b0, b1;
+            widen4(xw[i], b0, b1);
+            if (i == 0) mmaS8To(acc[q], a, b0, b1, magic);
+            else mmaS8To(acc[q], a, b0, b1, acc[q]);
           }
         }
         const float wa = halfBits(st.w0[j]), wb = halfBits(st.w1[j]);
-        accF[j][0] = fmaf(__int_as_float(acc[0]) - kMagicF, wa * xs[0], accF[j][0]);
-        accF[j][1] = fmaf(__int_as_float(acc[1]) - kMagicF, wa * xs[1], accF[j][1]);
-        accF[j][2] = fmaf(__int_as_float(acc[2]) - kMagicF, wb * xs[0], accF[j][2]);
-        accF[j][3] = fmaf(__int_as_float(acc[3]) - kMagicF, wb * xs[1], accF[j][3]);
-        if constexpr (!kHalf) {
-          accF[j][4] = fmaf(__int_as_float(accH[0]) - kMagicF, wa * xs[2], accF[j][4]);
-          accF[j][5] = fmaf(__int_as_float(accH[1]) - kMagicF, wa * xs[3], accF[j][5]);
-          accF[j][6] = fmaf(__int_as_float(accH[2]) - kMagicF, wb * xs[2], accF[j][6]);
-          accF[j][7] = fmaf(__int_as_float(accH[3]) - kMagicF, wb * xs[3], accF[j][7]);
+#pragma unroll
+        for (int q = 0; q < NTG; ++q) {
+          float* f = &accF[j][4 * q];
+          f[0] = fmaf(__int_as_float(acc[q][0]) - kMagicF, wa * xs[2 * q], f[0]);
+          f[1] = fmaf(__int_as_float(acc[q][1]) - kMagicF, wa * xs[2 * q + 1], f[1]);
+          f[2] = fmaf(__int_as_float(acc[q][2]) - kMagicF, wb * xs[2 * q], f[2]);
+          f[3] = fmaf(__int_as_float(acc[q][3]) - kMagicF, wb * xs[2 * q + 1], f[3]);
         }
       }
     } else if (sc < S) {
@@ -258,35 +346,30 @@ __global__ void __launch_bounds__(KS * 32, KS < 16 ? 16 / KS : 1) gemvKernel(con
         const uint32_t aA[4] = {st.b0[j].x, st.b1[j].x, st.b0[j].y, st.b1[j].y};
         const uint32_t aB[4] = {st.b0[j].z, st.b1[j].z, st.b0[j].w, st.b1[j].w};
         if constexpr (MODE == kW8A8) {
-          mmaS8To(acc8[j][0], aA, st.a0.x, st.a0.y, acc8[j][0]);
-          mmaS8To(acc8[j][0], aB, st.a0.z, st.a0.w, acc8[j][0]);
-          if constexpr (!kHalf) {
-            mmaS8To(acc8[j][1], aA, st.a1.x, st.a1.y, acc8[j][1]);
-            mmaS8To(acc8[j][1], aB, st.a1.z, st.a1.w, acc8[j][1]);
+#pragma unroll
+          for (int q = 0; q < NTG; ++q) {
+            mmaS8To(acc8[j][q], aA, st.a[q].x, st.a[q].y, acc8[j][q]);
+            mmaS8To(acc8[j][q], aB, st.a[q].z, st.a[q].w, acc8[j][q]);
           }
         } else {
           // Atom outliers: this 64-value part's exact int32 sum, scaled now (fp32 accumulation
           // order differs from the reference's single scaling by rounding only, ~1e-7).
           const float wa = halfBits(st.w0[j]), wb = halfBits(st.w1[j]);
-          int acc[4];
-          mmaS8To(acc, aA, st.a0.x, st.a0.y, zeros);
-          mmaS8To(acc, aB, st.a0.z, st.a0.w, acc);
-          const float x0 = halfBits(st.x[0]), x1 = halfBits(st.x[1]);
-          accF[j][0] = fmaf(static_cast<float>(acc[0]), wa * x0, accF[j][0]);
-          accF[j][1] = fmaf(static_cast<float>(acc[1]), wa * x1, accF[j][1]);
-          accF[j][2] = fmaf(static_cast<float>(acc[2]), wb * x0, accF[j][2]);
-          accF[j][3] = fmaf(static_cast<float>(acc[3]), wb * x1, accF[j][3]);
-          if constexpr (!kHalf) {
-            mmaS8To(acc, aA, st.a1.x, st.a1.y, zeros);
-            mmaS8To(acc, aB, st.a1.z, st.a1.w, acc);
-            const float x2 = halfBits(st.x[2]), x3 = halfBits(st.x[3]);
-            accF[j][4] = fmaf(static_cast<float>(acc[0]), wa * x2, accF[j][4]);
-            accF[j][5] = fmaf(static_cast<float>(acc[1]), wa * x3, accF[j][5]);
-            accF[j][6] = fmaf(static_cast<float>(acc[2]), wb * x2, accF[j][6]);
-            accF[j][7] = fmaf(static_cast<float>(acc[3]), wb * x3, accF[j][7]);
+#pragma unroll
+          for (int q = 0; q < NTG; ++q) {
+            int acc[4];
+            mmaS8To(acc, aA, st.a[q].x, st.a[q].y, zeros);
+            mmaS8To(acc, aB, st.a[q].z, st.a[q].w, acc);
+            const float x0 = halfBits(st.x[2 * q]), x1 = halfBits(st.x[2 * q + 1]);
+            float* f = &accF[j][4 * q];
+            f[0] = fmaf(static_cast<float>(acc[0]), wa * x0, f[0]);
+            f[1] = fmaf(static_cast<float>(acc[1]), wa * x1, f[1]);
+            f[2] = fmaf(static_cast<float>(acc[2]), wb * x0, f[2]);
+            f[3] = fmaf(static_cast<float>(acc[3]), wb * x1, f[3]);
           }
         }
       }
+    }
     }
     cSc += KS;
     if (cSc < scEnd) return;
@@ -295,10 +378,9 @@ __global__ void __launch_bounds__(KS * 32, KS < 16 ? 16 / KS : 1) gemvKernel(con
     cSc = ks;
     cN0 += tileStride;
     if constexpr (MODE == kW8A8) {
-      float xs[4];
+      float xs[NX];
 #pragma unroll
-      for (int i = 0; i < (kHalf ? 2 : 4); ++i)
-        xs[i] = loadScale8<MODE>(p.as8, tx[i] * p.as8Stride);
+      for (int i = 0; i < NX; ++i) xs[i] = loadScale8<MODE>(p.as8, tx[i] * p.as8Stride);
 #pragma unroll
       for (int j = 0; j < NB; ++j) {
         const int nb = min(n0 + j * 16, p.N - 16);
@@ -311,7 +393,7 @@ __global__ void __launch_bounds__(KS * 32, KS < 16 ? 16 / KS : 1) gemvKernel(con
         }
       }
     }
-    float* r = red + (tileCount & 1) * C::kRedFloats;
+    float* r = red + (C::kBufs == 2 ? (tileCount & 1) * C::kRedFloats : 0);
 #pragma unroll
     for (int j = 0; j < NB; ++j)
 #pragma unroll
@@ -319,7 +401,7 @@ __global__ void __launch_bounds__(KS * 32, KS < 16 ? 16 / KS : 1) gemvKernel(con
         r[((ks * NB + j) * E + e) * 32 + lane] = accF[j][e];
         accF[j][e] = 0.f;
       }
-    __syncthreads();  // one barrier per tile: the other buffer is written by the next tile
+    __syncthreads();  // double buffer: one barrier per tile (the next tile writes the other one)
     constexpr int kVals = NB * E * 32;
 #pragma unroll
     for (int v0 = 0; v0 < kVals; v0 += KS * 32) {
@@ -338,16 +420,17 @@ __global__ void __launch_bounds__(KS * 32, KS < 16 ? 16 / KS : 1) gemvKernel(con
         }
       }
     }
+    if constexpr (C::kBufs == 1) __syncthreads();  // one buffer: read before the next writes
     ++tileCount;
   };
 
-  GemvStage<NB> buf[D];
+  GemvStage<MODE, NB, NTG> buf[D];
 #pragma unroll
   for (int d = 0; d < D; ++d) {
-    buf[d].a0 = zero;
-    buf[d].a1 = zero;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) buf[d].x[i] = 0u;
+    for (int q = 0; q < NTA; ++q) buf[d].a[q] = zero;
+#pragma unroll
+    for (int i = 0; i < NXA; ++i) buf[d].x[i] = 0u;
 #pragma unroll
     for (int j = 0; j < NB; ++j) {
       buf[d].b0[j] = zero;
@@ -380,10 +463,10 @@ __global__ void __launch_bounds__(KS * 32, KS < 16 ? 16 / KS : 1) gemvKernel(con
 // Tried and dropped (slower at every shape): weights through a cp.async ring in shared memory
 // (D = 4..5), KS = 4 or 8 with several CTAs per SM, NB = 1 with D = 4, KS = 11, bulk L2
 // prefetch (cp.async.bulk.prefetch.L2) of the next tile's rows (+25%).
-template <int MODE, int KS, int NB, int D, bool kHalf>
+template <int MODE, int KS, int NB, int D, int NTG>
 inline int launchGemvWith(const Problem& p, cudaStream_t stream) {
-  using C = GemvConfig<KS, NB, kHalf>;
-  constexpr auto kernel = gemvKernel<MODE, KS, NB, D, kHalf>;
+  using C = GemvConfig<KS, NB, NTG>;
+  constexpr auto kernel = gemvKernel<MODE, KS, NB, D, NTG>;
   int st = allowDynamicSmem<kernel>(C::kSmemBytes);
   if (st != LOWBIT_OK) return st;
   static int perSm[64] = {0};
@@ -404,16 +487,23 @@ inline int launchGemvWith(const Problem& p, cudaStream_t stream) {
   return launchStatus();
 }
 
+// NTG = 4 / 8 (M = 17..32 / 33..64; NTG = 8 W4A4 only) keep the warp count but one 16-column
+// block per tile (NB = 1): with NB = 2 and prefetched activations the W4A4 kernel spilled 296
+// bytes (128 registers at 512 threads) and both modes were slower (H100, NOTES log 17: W4A4
+// 4096 x 11008 M = 32 23.6 vs 44.8 us, W8A8 26.0 vs 25.1 us); D = 3 and 8-warp CTAs were slower.
 template <int MODE, int KS, int NB, int D>
 inline int launchGemvM(const Problem& p, cudaStream_t stream) {
-  return p.M <= 8 ? launchGemvWith<MODE, KS, NB, D, true>(p, stream)
-                  : launchGemvWith<MODE, KS, NB, D, false>(p, stream);
+  if (p.M <= 8) return launchGemvWith<MODE, KS, NB, D, 1>(p, stream);
+  if (p.M <= 16) return launchGemvWith<MODE, KS, NB, D, 2>(p, stream);
+  if constexpr (MODE != kW8A8)
+    if (p.M > 32) return launchGemvWith<MODE, KS, 1, D, 8>(p, stream);
+  return launchGemvWith<MODE, KS, 1, D, 4>(p, stream);
 }
 
 // Whether the gemv kernel takes this problem (else the caller falls back to skinny/decode).
 template <int MODE>
 inline bool gemvFits(const Problem& p) {
-  if (MODE == kW4A4G64 || p.M > 16 || p.N < 16) return false;
+  if (MODE == kW4A4G64 || p.M > (MODE == kW8A8 ? 32 : 64) || p.N < 16) return false;
   // 32-bit offsets into every operand (the weights are the largest)
   const uint64_t row = (uint64_t)((p.Kn >> 1) > p.K8 ? (p.Kn >> 1) : p.K8);
   return (uint64_t)p.N * row < (1ull << 31) && (uint64_t)p.ng * p.N < (1ull << 31);
@@ -428,7 +518,7 @@ inline int launchGemv(const Problem& p, cudaStream_t stream, int variant) {
     if (!gemvFits<MODE>(p)) return LOWBIT_ERR_UNSUPPORTED;
     if (variant == 0) {
       const int S = (MODE == kW8A8 ? 0 : p.ng) + p.slices8;
-      const int tiles = (p.N + 31) / 32;
+      const int tiles = p.M <= 16 ? (p.N + 31) / 32 : (p.N + 15) / 16;
       const bool k12 = (S + 11) / 12 * 12 < (S + 15) / 16 * 16 && tiles > multiprocessorCount();
       variant = k12 ? 2 : 1;
     }

@@ -12,7 +12,7 @@
 // which differs from scaling the full int32 sum by fp32 rounding only (~1e-7 relative).
 //
 // Same int8 tensor-core core as w4a4Gemm (igemmCore.cuh, region 8 only) and the same explicit
-// configurations: gemv (M <= 16, igemmGemv.cuh; skinny where it does not fit), mid 64x64, large
+// configurations: gemv (M <= 32, igemmGemv.cuh; skinny where it does not fit), mid 64x64, large
 // 128x256 (warp tile 64x64, 4 stages); decode 16x32 split-K 8 when the GPU lacks the skinny
 // kernel's shared memory.
 #include "w8a8Gemm/w8a8GemmKernel.h"

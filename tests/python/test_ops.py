@@ -98,6 +98,19 @@ W4A4_CASES = [
     (16, 2096, 1032, 48, 128, "gemv_k12"),
     (2, 4112, 1032, 16, 128, "gemv_k12"),
     (1, 4096, 4104, 128, 128, "gemv_k12"),
+    # gemv with 4 token groups (M = 17..32): ragged M, N not a multiple of 16, K12 and K16
+    (32, 4096, 11008, 128, 128, "gemv"),
+    (17, 2096, 1032, 48, 128, "gemv"),
+    (29, 576, 1536, 192, 128, "gemv_k16"),
+    (24, 4112, 1032, 16, 128, "gemv_k12"),
+    (32, 4096, 1032, 0, 128, "gemv_k12"),
+    # eight token groups (M = 33..64, activations loaded by the multiplier)
+    (64, 4096, 11008, 128, 128, "gemv"),
+    (33, 2096, 1032, 48, 128, "gemv_k12"),
+    (47, 576, 1536, 192, 128, "gemv_k16"),
+    (64, 4112, 1032, 16, 128, "gemv"),
+    (40, 4096, 1032, 0, 128, "gemv_k16"),
+    (64, 11008, 4096, 128, 128, "auto"),  # auto: gemv up to M = 64 (W4A4)
     (2, 576, 8, 64, 128, "auto"),  # N < 16: gemv does not fit, auto falls back to skinny
     # sm_90a wgmma kernel (64x256 tiles; skipped on other GPUs): ragged M, N not a multiple of
     # 256, outlier counts 0 / 16 / 48 / 192 / 256, SmolLM2 shapes
@@ -165,6 +178,10 @@ W8A8_CASES = [  # (M, K, N, static x scale, config)
     (1, 1040, 1032, True, "gemv_k16"),
     (16, 4096, 1032, False, "gemv_k12"),
     (3, 1040, 4104, False, "gemv_k12"),
+    (32, 4096, 11008, False, "gemv"),
+    (19, 1040, 1032, True, "gemv"),
+    (25, 576, 1536, False, "gemv_k16"),
+    (32, 11008, 4104, True, "gemv_k12"),
     (5, 1040, 8, False, "auto"),  # N < 16: falls back to skinny
     # sm_90a wgmma kernels (128x256 / 128x128 tiles; skipped on other GPUs)
     (17, 4096, 4096, False, "wgmma"),
