@@ -163,8 +163,9 @@ def run(out: Path, ms=MS, shapes=SHAPES) -> list[dict]:
 SWEEP_W8 = ("large", "wgmma", "wgmma_n128", "wgmma_n96", "wgmma_n64", "wgmma_n32", "wgmma_sk",
             "wgmma_sk64x2", "wgmma_sk64x3", "wgmma_sk64x4", "wgmma_sk32x2", "wgmma_sk32x3",
             "wgmma_sk32x4", "auto")
-SWEEP_W4 = ("mid", "large", "wgmma", "wgmma_n128")  # W4A4 wgmma_n128 = ping-pong variant
+SWEEP_W4 = ("gemv", "mid", "large", "wgmma", "wgmma_n128", "auto")  # wgmma_n128: ping-pong
 _SWEEP_W4_ON = True  # --no-w4: W8A8 columns only
+_SWEEP_W8_ON = True  # --no-w8: W4A4 columns only
 
 
 def _sweep_shape(m: int, k: int, n: int) -> dict:
@@ -182,7 +183,7 @@ def _sweep_shape(m: int, k: int, n: int) -> dict:
     y = torch.empty(m, n, device="cuda", dtype=torch.float16)
     xs = torch.rand(m, device="cuda") * 0.01
     w8s = [(_i8((n, k)), torch.rand(n, device="cuda") * 0.01) for _ in range(copies_for(n * k))]
-    for c in SWEEP_W8:
+    for c in (SWEEP_W8 if _SWEEP_W8_ON else ()):
         r["w8a8_" + c] = time_graph(
             [lambda w=w, c=c: ops.w8a8_gemm(xi, xs, *w, out=y, config=c) for w in w8s])
     del w8s
@@ -190,11 +191,19 @@ def _sweep_shape(m: int, k: int, n: int) -> dict:
     w4s = [(_i8((n, kn // 2), -128, 127), packing.pack_w4a4_scales(_sc((n, kn // GS))),
             _i8((n, KO)), _sc((n,))) for _ in range(copies_for(n * kn // 2))]
     for c in (SWEEP_W4 if _SWEEP_W4_ON else ()):
+        if c == "gemv" and m > 64:
+            continue  # W4A4 gemv serves M <= 64
         r["w4a4_" + c] = time_graph(
             [lambda w=w, c=c: ops.w4a4_gemm(*a, *w, GS, out=y, config=c) for w in w4s])
     del w4s
     torch.cuda.empty_cache()
     return r
+
+
+def _sweep_cells(r: dict, tera_ops: float, kind: str, cfgs) -> str:
+    """us/TOPS per configuration, '-' where it was not run."""
+    return " ".join(f"{r[kind + c] * 1e6:6.1f}/{tera_ops / r[kind + c]:3.0f}"
+                    if kind + c in r else f"{'-':>10}" for c in cfgs)
 
 
 def sweep(ms=(32, 64, 128, 256, 512, 1024, 2048, 4096, 8192), shapes=SHAPES) -> list[dict]:
@@ -208,12 +217,9 @@ def sweep(ms=(32, 64, 128, 256, 512, 1024, 2048, 4096, 8192), shapes=SHAPES) -> 
             r = _sweep_shape(m, k, n)
             rows.append(r)
             f = 2.0 * m * n * k / 1e12
-            cells = [f"{r[key] * 1e6:6.1f}/{f / r[key]:3.0f}" for key in
-                     [f"w8a8_{c}" for c in SWEEP_W8] + [f"w4a4_{c}" for c in SWEEP_W4]
-                     if key in r]
             print(f"{m:>5} {k:>5} {n:>5} | {fmt_us(r['fp16'])} {fmt_us(r['int_mm'])} | w8a8 "
-                  + " ".join(cells[:len(SWEEP_W8)]) + " | w4a4 "
-                  + " ".join(cells[len(SWEEP_W8):]), flush=True)
+                  + _sweep_cells(r, f, "w8a8_", SWEEP_W8) + " | w4a4 "
+                  + _sweep_cells(r, f, "w4a4_", SWEEP_W4), flush=True)
     return rows
 
 
@@ -225,10 +231,12 @@ def main() -> None:
                    help="time every forced prefill configuration (us/TOPS per cell), then exit")
     p.add_argument("--ms", type=str, default="", help="comma-separated M list for --sweep")
     p.add_argument("--no-w4", action="store_true", help="--sweep: W8A8 configurations only")
+    p.add_argument("--no-w8", action="store_true", help="--sweep: W4A4 configurations only")
     args = p.parse_args()
     if args.sweep:
-        global _SWEEP_W4_ON
+        global _SWEEP_W4_ON, _SWEEP_W8_ON
         _SWEEP_W4_ON = not args.no_w4
+        _SWEEP_W8_ON = not args.no_w8
         args.out.mkdir(parents=True, exist_ok=True)
         rows = sweep(tuple(int(v) for v in args.ms.split(","))) if args.ms else sweep()
         (args.out / "bench_gemm_sweep.json").write_text(json.dumps(rows, indent=1))

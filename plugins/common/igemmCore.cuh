@@ -461,13 +461,19 @@ inline int pickW8a8WgmmaConfig(int M, int N, int K) {
 inline int pickConfig(int M, int N, int K, int mode) {
   if (M <= 16) return mode == kW4A4G64 ? kCfgDecode : kCfgGemv;
   // wgmma (sm_90a) beats every mma.sync tile for W8A8 from M = 17 (M = 17..32: 128 x 96 / 64 /
-  // 32 tiles with a 32-row A box, 22.8 vs gemv 23.2-26.0 us at 4096 x 11008, NOTES log 17) and
-  // for W4A4 from M ~ 512
+  // 32 tiles with a 32-row A box, 22.8 vs gemv 23.2-26.0 us at 4096 x 11008, NOTES log 17)
   if (mode == kW8A8 && wg::wgmmaAvailable()) return pickW8a8WgmmaConfig(M, N, K);
   // gemv with four / eight token groups: W4A4 M <= 64 (4096 x 11008 M = 32: ~20 vs 35.9 us for
   // `mid`; 11008 x 4096 M = 64: ~30 vs 61.7 us), W8A8 M <= 32 (GPUs without the wgmma kernels)
   if (M <= (mode == kW8A8 ? 32 : 64) && mode != kW4A4G64 && N >= 16) return kCfgGemv;
-  if (mode == kW4A4G128 && M >= 512 && wg::wgmmaAvailable()) return kCfgWgmma;
+  // W4A4 wgmma (64 x 256 tiles, one wave up to 132 tiles): from M = 512 (also for N not
+  // measured), and for M = 65..511 once its tiles fill at least half the SMs; below that the
+  // 64 x 64 tiles of `mid` spread over more SMs (H100 sweep, NOTES log 17: 4096 x 11008 M = 128
+  // 39.6 vs 54.7 us, 11008 x 4096 M = 128 89.1 vs 59.0 us)
+  if (mode == kW4A4G128 && wg::wgmmaAvailable()) {
+    const long tilesW = (long)((M + 63) / 64) * ((N + 255) / 256);
+    if (M >= 512 || 2 * tilesW >= multiprocessorCount()) return kCfgWgmma;
+  }
   const long tiles = (long)((M + 127) / 128) * ((N + 127) / 128);
   return tiles >= 2L * multiprocessorCount() ? kCfgLarge : kCfgMid;
 }

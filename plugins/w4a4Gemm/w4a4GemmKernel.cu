@@ -22,7 +22,7 @@
 // outliers likewise once; fp32 accumulation over groups, then one fp16 rounding.
 //
 // Kernel configurations (igemmCore.cuh, igemmGemv.cuh, igemmSkinny.cuh), chosen by pickConfig:
-// gemv (M <= 32, G = 128: weights streamed into registers as the mma A operand, 12 or 16 warps
+// gemv (M <= 64, G = 128: weights streamed into registers as the mma A operand, 12 or 16 warps
 // split K; the Atom outliers of each 64-value part are scaled per part, fp32 rounding only),
 // skinny (its fallback: weights through a per-warp cp.async ring, no smem tiles), decode
 // 16x32 with 8-way in-CTA split-K (M <= 16 with G = 64), mid 64x64 (2x2 warps, 2-way split-K),

@@ -19,10 +19,11 @@ extern "C" {
 //        16-byte aligned, fp16 operands 4-byte aligned; all contiguous row-major.
 // config: -1 auto, 0 decode (16x32, split-K 8), 1 mid (64x64), 2 large (128x128), 3 skinny
 //         (M <= 16, G = 128; falls back to decode on GPUs without its shared memory),
-//         4/5/6 gemv (M <= 32, G = 128; auto for M <= 32), 7 wgmma (sm_90a: TMA + wgmma, 64x256 tiles, G = 128,
-//         ws4t 16-byte aligned; auto from M >= 512 on compute capability 9.0), 8 wgmma ping-pong
-//         variant (slower; kept for the record, never auto). 7/8 return LOWBIT_ERR_UNSUPPORTED
-//         on other GPUs or when the library lacks sm_90a code.
+//         4/5/6 gemv (M <= 64, G = 128; auto for M <= 64), 7 wgmma (sm_90a: TMA + wgmma, 64x256
+//         tiles, G = 128, ws4t 16-byte aligned; auto on compute capability 9.0 from M >= 512,
+//         and for M = 65..511 where its tiles fill half the SMs), 8 wgmma ping-pong variant
+//         (slower; kept for the record, never auto). 7/8 return LOWBIT_ERR_UNSUPPORTED on other
+//         GPUs or when the library lacks sm_90a code.
 // stream: a cudaStream_t (0 = legacy default). Asynchronous; returns a lowbitStatus.
 LOWBIT_API int lowbit_w4a4_gemm(const void* x4, const void* xs4, const void* x8, const void* xs8,
                                 const void* w4, const void* ws4t, const void* w8, const void* ws8,

@@ -91,7 +91,7 @@ def w4a4_gemm(
     w4 int8 [N, K_n/2]; ws4t fp16 [K_n/G, N] (lowbit.packing.pack_w4a4_scales);
     w8 int8 [N, K_o]; ws8 fp16 [N].  Rules: K_n % 128 == 0, K_o % 16 == 0, N % 8 == 0,
     G in (64, 128). out: optional fp16 [M, N]. config: "auto", or force a kernel:
-    "gemv" (M <= 32, G = 128; "gemv_k16" / "gemv_k12" force its warp count), "skinny"
+    "gemv" (M <= 64, G = 128; "gemv_k16" / "gemv_k12" force its warp count), "skinny"
     (M <= 16, G = 128), "decode" (16 x 32 tiles), "mid" (64 x 64), "large" (128 x 128).
     returns fp16 [M, N].
     """
