@@ -465,7 +465,8 @@ inline int pickConfig(int M, int N, int K, int mode) {
   if (mode == kW8A8 && wg::wgmmaAvailable()) return pickW8a8WgmmaConfig(M, N, K);
   // gemv with four / eight token groups: W4A4 M <= 64 (4096 x 11008 M = 32: ~20 vs 35.9 us for
   // `mid`; 11008 x 4096 M = 64: ~30 vs 61.7 us), W8A8 M <= 32 (GPUs without the wgmma kernels)
-  if (M <= (mode == kW8A8 ? 32 : 64) && mode != kW4A4G64 && N >= 16) return kCfgGemv;
+  // (where it does not fit, e.g. N < 16, dispatch falls back to `mid`)
+  if (M <= (mode == kW8A8 ? 32 : 64) && mode != kW4A4G64) return kCfgGemv;
   // W4A4 wgmma (64 x 256 tiles, one wave up to 132 tiles): from M = 512 (also for N not
   // measured), and for M = 65..511 once its tiles fill at least half the SMs; below that the
   // 64 x 64 tiles of `mid` spread over more SMs (H100 sweep, NOTES log 17: 4096 x 11008 M = 128

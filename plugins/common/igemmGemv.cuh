@@ -1,5 +1,5 @@
-// Register-streaming int8 tensor-core GEMV/GEMM for M <= 32 (decode), shared by w4a4Gemm and
-// w8a8Gemm. Included by igemmCore.cuh (uses its Problem, Mode, widen4, loadScale8); same operands
+// Register-streaming int8 tensor-core GEMV/GEMM for small M (decode and small batches: W4A4
+// M <= 64, W8A8 M <= 32), shared by w4a4Gemm and w8a8Gemm. Included by igemmCore.cuh (uses its Problem, Mode, widen4, loadScale8); same operands
 // and math as the tiled kernels.
 //
 // Why a second decode kernel: the skinny kernel (cp.async ring in shared memory) spent ~50
@@ -12,7 +12,8 @@
 //    columns) and the activations its B operand (n8 = 8 tokens). With M <= 8 an m16n8k32 mma then
 //    does no work on padding (the skinny kernel's A = activations wasted 15/16 of it at M = 1),
 //    so there are half the mma and no zero-register moves per weight byte; M = 9..16 uses a
-//    second mma (tokens 8..15) sharing the widened weights, M = 17..32 four (NTG token groups).
+//    second mma (tokens 8..15) sharing the widened weights, M = 17..32 / 33..64 four / eight
+//    (NTG token groups of 8).
 //  * out-of-range rows/columns are clamped, not predicated (their sums are never stored).
 //
 // Work split: a tile is NB blocks of 16 output columns (16 weight rows). A "super-chunk" is 64
@@ -21,8 +22,9 @@
 // round-robin (warp ks: ks, ks + KS, ...; every warp counts cnt = ceil(S / KS) items per tile,
 // the last ones empty where sc >= S, so that all warps meet each tile's barrier together). Work
 // item = (tile, one super-chunk): lane (g, t) loads 16-byte chunk t of weight rows nb + g and
-// nb + 8 + g of each block, the same chunk of activation rows (tokens) g + 8q, and the scales. In mma step i each lane supplies word i
-// of ITS chunk for A and B alike, so the K order inside an mma agrees and no repacking is needed:
+// nb + 8 + g of each block, the same chunk of activation rows (tokens) g + 8q, and the scales.
+// In mma step i each lane supplies word i of ITS chunk for A and B alike, so the K order inside
+// an mma agrees and no repacking is needed:
 //   int4 (step i = 0..3, word i widened to lo = even nibbles, hi = odd nibbles, 16 x value):
 //     A = {lo(W[g]), lo(W[g+8]), hi(W[g]), hi(W[g+8])}, B = {lo(X[g]), hi(X[g])}
 //   int8 (step i = 0..1): A = {W[g].w2i, W[g+8].w2i, W[g].w2i+1, W[g+8].w2i+1},
@@ -91,7 +93,8 @@ struct GemvStage {
   uint32_t x[2 * kA];
 };
 
-// NTG: token groups of 8 (n8 of the mma): 1 for M <= 8, 2 for M <= 16, 4 for M <= 32.
+// NTG: token groups of 8 (n8 of the mma): 1 for M <= 8, 2 for M <= 16, 4 for M <= 32, 8 for
+// M <= 64 (W4A4).
 template <int KS, int NB, int NTG>
 struct GemvConfig {
   static constexpr int kThreads = KS * 32;
@@ -105,6 +108,25 @@ struct GemvConfig {
 
 __device__ __forceinline__ float halfBits(uint32_t h) {
   return __half2float(__ushort_as_half((unsigned short)h));
+}
+
+// f[c] += v[c] * (w * x) for the accumulators c0..c3 of one mma: rows g / g + 8 (weight scales
+// wa / wb) x tokens 2t / 2t + 1 (activation scales x0 / x1).
+__device__ __forceinline__ void fold4(float* f, const float (&v)[4], float wa, float wb, float x0,
+                                      float x1) {
+  f[0] = fmaf(v[0], wa * x0, f[0]);
+  f[1] = fmaf(v[1], wa * x1, f[1]);
+  f[2] = fmaf(v[2], wb * x0, f[2]);
+  f[3] = fmaf(v[3], wb * x1, f[3]);
+}
+// a group's int32 sum started at the magic number (exact while |sum| < 2^22) / an exact int32 sum
+__device__ __forceinline__ void groupSum(float (&v)[4], const int (&acc)[4]) {
+#pragma unroll
+  for (int c = 0; c < 4; ++c) v[c] = __int_as_float(acc[c]) - kMagicF;
+}
+__device__ __forceinline__ void intSum(float (&v)[4], const int (&acc)[4]) {
+#pragma unroll
+  for (int c = 0; c < 4; ++c) v[c] = static_cast<float>(acc[c]);
 }
 
 // NTG token groups of 8 (tokens g + 8q, q < NTG; the launcher picks NTG from M). Tokens >= M are
@@ -128,16 +150,16 @@ __global__ void __launch_bounds__(KS * 32, KS < 16 ? 16 / KS : 1) gemvKernel(con
   const int myTiles = (tiles - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x;
   const int total = myTiles * cnt;
   const uint32_t rowB4 = (uint32_t)p.Kn >> 1, rowB8 = (uint32_t)p.K8;
-  // tokens (clamped: rows >= M compute sums that are never stored)
-  // (kLateA: computed where used instead)
-  uint32_t ta[NTA];  // tokens whose chunks this lane loads: g + 8q
-#pragma unroll
-  for (int q = 0; q < NTA; ++q) ta[q] = (uint32_t)min(g + 8 * q, p.M - 1);
-  uint32_t tx[NXA];  // tokens whose scales this lane applies: 2t + (i & 1) + 8 (i >> 1)
-#pragma unroll
-  for (int i = 0; i < NXA; ++i) tx[i] = (uint32_t)min(2 * t + (i & 1) + (i >> 1) * 8, p.M - 1);
+  // tokens, clamped (rows >= M compute sums that are never stored): tokA(q) = the token whose
+  // chunks this lane loads (g + 8q), tokX(i) = the one whose scale it applies (2t + (i & 1) +
+  // 8 (i >> 1)); kept in registers (ta, tx) unless the activations are loaded late
   auto tokA = [&](int q) { return (uint32_t)min(g + 8 * q, p.M - 1); };
   auto tokX = [&](int i) { return (uint32_t)min(2 * t + (i & 1) + (i >> 1) * 8, p.M - 1); };
+  uint32_t ta[NTA], tx[NXA];
+#pragma unroll
+  for (int q = 0; q < NTA; ++q) ta[q] = tokA(q);
+#pragma unroll
+  for (int i = 0; i < NXA; ++i) tx[i] = tokX(i);
   const int tileStride = (int)gridDim.x * NB * 16;
   const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
   const int magic[4] = {kMagic, kMagic, kMagic, kMagic};
@@ -242,11 +264,11 @@ __global__ void __launch_bounds__(KS * 32, KS < 16 ? 16 / KS : 1) gemvKernel(con
     if (sc < S4) {
       // weights widened once (16 registers), then token group by token group; the activation
       // chunk and scales of group q + 1 are loaded from L1 while group q is multiplied
+      const uint32_t w0[4] = {st.b0[0].x, st.b0[0].y, st.b0[0].z, st.b0[0].w};
+      const uint32_t w1[4] = {st.b1[0].x, st.b1[0].y, st.b1[0].z, st.b1[0].w};
       uint32_t wa4[4][4];
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const uint32_t w0[4] = {st.b0[0].x, st.b0[0].y, st.b0[0].z, st.b0[0].w};
-        const uint32_t w1[4] = {st.b1[0].x, st.b1[0].y, st.b1[0].z, st.b1[0].w};
         widen4(w0[i], wa4[i][0], wa4[i][2]);
         widen4(w1[i], wa4[i][1], wa4[i][3]);
       }
@@ -273,11 +295,9 @@ __global__ void __launch_bounds__(KS * 32, KS < 16 ? 16 / KS : 1) gemvKernel(con
           if (i == 0) mmaS8To(acc, wa4[i], b0, b1, magic);
           else mmaS8To(acc, wa4[i], b0, b1, acc);
         }
-        float* f = &accF[0][4 * q];
-        f[0] = fmaf(__int_as_float(acc[0]) - kMagicF, wa * x0, f[0]);
-        f[1] = fmaf(__int_as_float(acc[1]) - kMagicF, wa * x1, f[1]);
-        f[2] = fmaf(__int_as_float(acc[2]) - kMagicF, wb * x0, f[2]);
-        f[3] = fmaf(__int_as_float(acc[3]) - kMagicF, wb * x1, f[3]);
+        float v[4];
+        groupSum(v, acc);
+        fold4(&accF[0][4 * q], v, wa, wb, x0, x1);
       }
     } else if (sc < S) {
       // Atom outliers (64 int8 values of this part), activations from L1 as above. Every lane
@@ -297,11 +317,9 @@ __global__ void __launch_bounds__(KS * 32, KS < 16 ? 16 / KS : 1) gemvKernel(con
         int acc[4];
         mmaS8To(acc, aA, ac.x, ac.y, zeros);
         mmaS8To(acc, aB, ac.z, ac.w, acc);
-        float* f = &accF[0][4 * q];
-        f[0] = fmaf(static_cast<float>(acc[0]), wa * x0, f[0]);
-        f[1] = fmaf(static_cast<float>(acc[1]), wa * x1, f[1]);
-        f[2] = fmaf(static_cast<float>(acc[2]), wb * x0, f[2]);
-        f[3] = fmaf(static_cast<float>(acc[3]), wb * x1, f[3]);
+        float v[4];
+        intSum(v, acc);
+        fold4(&accF[0][4 * q], v, wa, wb, x0, x1);
       }
     }
     } else {
@@ -333,11 +351,9 @@ __global__ void __launch_bounds__(KS * 32, KS < 16 ? 16 / KS : 1) gemvKernel(con
         const float wa = halfBits(st.w0[j]), wb = halfBits(st.w1[j]);
 #pragma unroll
         for (int q = 0; q < NTG; ++q) {
-          float* f = &accF[j][4 * q];
-          f[0] = fmaf(__int_as_float(acc[q][0]) - kMagicF, wa * xs[2 * q], f[0]);
-          f[1] = fmaf(__int_as_float(acc[q][1]) - kMagicF, wa * xs[2 * q + 1], f[1]);
-          f[2] = fmaf(__int_as_float(acc[q][2]) - kMagicF, wb * xs[2 * q], f[2]);
-          f[3] = fmaf(__int_as_float(acc[q][3]) - kMagicF, wb * xs[2 * q + 1], f[3]);
+          float v[4];
+          groupSum(v, acc[q]);
+          fold4(&accF[j][4 * q], v, wa, wb, xs[2 * q], xs[2 * q + 1]);
         }
       }
     } else if (sc < S) {
@@ -360,12 +376,9 @@ __global__ void __launch_bounds__(KS * 32, KS < 16 ? 16 / KS : 1) gemvKernel(con
             int acc[4];
             mmaS8To(acc, aA, st.a[q].x, st.a[q].y, zeros);
             mmaS8To(acc, aB, st.a[q].z, st.a[q].w, acc);
-            const float x0 = halfBits(st.x[2 * q]), x1 = halfBits(st.x[2 * q + 1]);
-            float* f = &accF[j][4 * q];
-            f[0] = fmaf(static_cast<float>(acc[0]), wa * x0, f[0]);
-            f[1] = fmaf(static_cast<float>(acc[1]), wa * x1, f[1]);
-            f[2] = fmaf(static_cast<float>(acc[2]), wb * x0, f[2]);
-            f[3] = fmaf(static_cast<float>(acc[3]), wb * x1, f[3]);
+            float v[4];
+            intSum(v, acc);
+            fold4(&accF[j][4 * q], v, wa, wb, halfBits(st.x[2 * q]), halfBits(st.x[2 * q + 1]));
           }
         }
       }
