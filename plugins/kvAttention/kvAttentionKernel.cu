@@ -30,8 +30,8 @@
 //   S = Q K^T, online softmax in fp32 (base 2: s * log2(e)/sqrt(d)), O += fp16(P) V.
 //   Query rows are (token, head of the GQA group) pairs, so each KV tile is read once for all
 //   heads sharing it.
-//   DECODE (T == B, nh/nkv <= 16), the smem path for short contexts (decodeRegPath false; else
-//     kv4DecodeKernel below): a CTA = (split, kv head, sequence); rows = the nh/nkv heads of
+//   DECODE (T == B, nh/nkv <= 16), the smem path for tiny batches x contexts (decodeRegPath
+//     false; else kv4DecodeKernel below): a CTA = (split, kv head, sequence); rows = the nh/nkv heads of
 //     the group (padded to 16); the 4 warps take 16 tokens each of every tile and merge their
 //     (max, sum, O) in shared memory; the sequence's tiles are split evenly over `splits` CTAs
 //     (flash-decoding), whose partials (o = O / l, lse = m + log2 l) go to the workspace and are
@@ -70,10 +70,14 @@ struct AttnArgs {
   const uint8_t* codes;
   const __half* params;
   __half* out;
-  float* ws_o;    // [(B nkv - whole) rep, splits, d]: partials of the split (sequence, head)s
-  float* ws_lse;  // [(B nkv - whole) rep, splits]
-  int B, nh, nkv, rep, tpb, gk, gv, P, window, NB, MB, splits;
-  int whole;  // decode: the first `whole` (sequence, kv head) pairs (b nkv + h order) are not split
+  float* ws_o;    // decode: [B nh, splits, d] partials of the (sequence, head) rows
+  float* ws_lse;  // [B nh, splits]
+  int B, nh, nkv, rep, tpb, gk, gv, P, window, NB, MB;
+  int splits;     // decode: workspace slots per row (smem path: CTAs per pair)
+  // register-path decode: chunk slots per warp (ChunkSplit; a pair has C = ceil(MB tpb / 32)).
+  // Keep this struct at 112 bytes: with one int more, nvcc gave the d = 128 prefill kernel 195
+  // registers instead of 215 and 11% more instructions, and it ran ~20% slower (NOTES log 18).
+  int per;
   float scale_log2;  // log2(e) / sqrt(d)
 };
 
@@ -112,6 +116,28 @@ __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
   uint32_t r;
   asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
   return r;
+}
+
+// Online-softmax max step for the two rows (g, g + 8) a thread of an m16n8 tile holds, in units
+// of t = s * c (c = log2(e)/sqrt(d) > 0). mx0 / mx1: the thread's max of the raw scores of the new
+// tile (-inf where none is visible); reduced over the quad, scaled once (a positive scale keeps
+// the order and rounding is monotone: fl(max s * c) = max fl(s * c)) and merged into the running
+// m0 / m1. Returns in u0 / u1 the max to subtract (0 for a row with no visible score yet) and in
+// r0 / r1 the factor 2^(m_old - u) for the old sums (0 while m_old = -inf).
+__device__ __forceinline__ void rowMaxStep(float& m0, float& m1, float mx0, float mx1, float c,
+                                           float& u0, float& u1, float& r0, float& r1) {
+  mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+  mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+  mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+  mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+  mx0 = fmaxf(m0, mx0 * c);
+  mx1 = fmaxf(m1, mx1 * c);
+  u0 = mx0 == -INFINITY ? 0.f : mx0;
+  u1 = mx1 == -INFINITY ? 0.f : mx1;
+  r0 = ex2(m0 - u0);
+  r1 = ex2(m1 - u1);
+  m0 = mx0;
+  m1 = mx1;
 }
 
 // 8 codes of one 32-bit word (channel 2i low nibble of byte i) -> 8 fp16 values code*s + z in
@@ -583,25 +609,16 @@ __global__ void __launch_bounds__(DECODE ? kThreads : kPrefillThreads)
         }
       }
     }
-    // online softmax in base 2 on t = s log2(e)/sqrt(d) (rows r and r + 8 of this warp): the max
-    // of the raw scores is scaled once (a positive scale keeps the order, and rounding is
-    // monotonic), and each probability is one fma + ex2: 2^(fma(s, scale, -u))
+    // online softmax in base 2 on t = s log2(e)/sqrt(d) (rows r and r + 8 of this warp), each
+    // probability one fma + ex2: 2^(fma(s, scale, -u))
     float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
     for (int i = 0; i < NS; ++i) {
       mx0 = fmaxf(mx0, fmaxf(s[i][0], s[i][1]));
       mx1 = fmaxf(mx1, fmaxf(s[i][2], s[i][3]));
     }
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-    mx0 = fmaxf(m0, mx0 * a.scale_log2);
-    mx1 = fmaxf(m1, mx1 * a.scale_log2);
-    const float u0 = mx0 == -INFINITY ? 0.f : mx0, u1 = mx1 == -INFINITY ? 0.f : mx1;
-    const float c0 = ex2(m0 - u0), c1 = ex2(m1 - u1);  // m = -inf -> 0
-    m0 = mx0;
-    m1 = mx1;
+    float u0, u1, c0, c1;
+    rowMaxStep(m0, m1, mx0, mx1, a.scale_log2, u0, u1, c0, c1);
     l0 *= c0;
     l1 *= c1;
 #pragma unroll
@@ -697,27 +714,43 @@ __global__ void __launch_bounds__(DECODE ? kThreads : kPrefillThreads)
   }
 }
 
-// out[t_b, head] = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M), one CTA per (sequence, head).
-// The splits are spread over the CTA: thread t owns channels 4u..4u+3 (u = t % (D/4)) of the
-// splits s = w, w + W, ... (w = t / (D/4), W = kMergeThreads / (D/4) workers), then the W
+// out[t_b, head] = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M), one CTA per (sequence, head)
+// row gh = b nh + head with partials at ws[gh * cap + s]. Smem path: s < cap = splits. Register
+// path (per > 0): the warps sharing the row's pair are s < pieces (ChunkSplit below); a pair with
+// one piece was written to `out` by its warp and is skipped here. Partials with lse = -inf (no
+// visible token in that piece) are skipped (their o is not written).
+// The partials are spread over the CTA: thread t owns channels 4u..4u+3 (u = t % (D/4)) of the
+// partials s = w, w + W, ... (w = t / (D/4), W = kMergeThreads / (D/4) workers), then the W
 // partial sums meet in shared memory. (One thread per channel looping over every split took
 // 48.9 us for batch 1 x 32768 tokens, Llama-3-8B heads, 198 splits: as long as the attention.)
 constexpr int kMergeThreads = 256;
 
+// Register-path work split (DecodePlan): pair P's C chunk slots are the flat slots [P C, P C + C);
+// warp w of the grid owns the flat slots [w per, (w + 1) per). So pair P is shared by the warps
+// first(P) = P C / per .. (P C + C - 1) / per, and warp w is piece w - first(P) of it.
+struct ChunkSplit {
+  long long C, per;
+  __device__ __forceinline__ long long firstWarp(int P) const { return P * C / per; }
+  __device__ __forceinline__ int pieces(int P) const {
+    return static_cast<int>((P * C + C - 1) / per - firstWarp(P) + 1);
+  }
+};
+
 template <int D>
 __global__ void __launch_bounds__(kMergeThreads)
-kv4MergeKernel(const float* __restrict__ ws_o, const float* __restrict__ ws_lse,
-               int nh, int headOffset, int splits, __half* __restrict__ out) {
+kv4MergeKernel(const float* __restrict__ ws_o, const float* __restrict__ ws_lse, int rep,
+               int cap, int C, int per, __half* __restrict__ out) {
   constexpr int U = D / 4, W = kMergeThreads / U;
   __shared__ float red[W][D];
   __shared__ float sums[W];
   __shared__ float warpMax[kMergeThreads / 32];
-  // CTA m merges partial row m: global head gh = headOffset + m (= b nh + head)
-  const int bh = blockIdx.x, gh = headOffset + bh, b = gh / nh, head = gh % nh, t = threadIdx.x;
+  const int gh = blockIdx.x, t = threadIdx.x;
+  const int n = per > 0 ? ChunkSplit{C, per}.pieces(gh / rep) : cap;  // gh / rep = b nkv + h
+  if (n <= 1) return;  // written by the attention kernel (uniform over the CTA)
   pdlWait();  // launched as a programmatic dependent of the attention kernel (ws_o, ws_lse)
-  const float* lse = ws_lse + static_cast<size_t>(bh) * splits;
+  const float* lse = ws_lse + static_cast<size_t>(gh) * cap;
   float M = -INFINITY;
-  for (int s = t; s < splits; s += kMergeThreads) M = fmaxf(M, lse[s]);
+  for (int s = t; s < n; s += kMergeThreads) M = fmaxf(M, lse[s]);
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
   if ((t & 31) == 0) warpMax[t >> 5] = M;
@@ -729,11 +762,12 @@ kv4MergeKernel(const float* __restrict__ ws_o, const float* __restrict__ ws_lse,
   float sum = 0.f;
   float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
   if (M != -INFINITY) {
-    const float4* o4 =
-        reinterpret_cast<const float4*>(ws_o + static_cast<size_t>(bh) * splits * D);
+    const float4* o4 = reinterpret_cast<const float4*>(ws_o + static_cast<size_t>(gh) * cap * D);
 #pragma unroll 4
-    for (int s = w; s < splits; s += W) {
-      const float f = exp2f(lse[s] - M);  // lse = -inf -> 0 (and its o is 0)
+    for (int s = w; s < n; s += W) {
+      const float ls = lse[s];
+      if (ls == -INFINITY) continue;  // empty piece: o not written
+      const float f = exp2f(ls - M);
       const float4 v = o4[static_cast<size_t>(s) * U + u];
       sum += f;
       acc.x += f * v.x;
@@ -746,32 +780,43 @@ kv4MergeKernel(const float* __restrict__ ws_o, const float* __restrict__ ws_lse,
   if (u == 0) sums[w] = sum;
   __syncthreads();
   if (t < D) {
-    float a = 0.f, l = 0.f;
+    float acc1 = 0.f, l = 0.f;
 #pragma unroll
     for (int i = 0; i < W; ++i) {
-      a += red[i][t];
+      acc1 += red[i][t];
       l += sums[i];
     }
-    const size_t orow = (static_cast<size_t>(b) * nh + head) * D;  // decode: token b
-    out[orow + t] = __float2half_rn(l > 0.f ? a / l : 0.f);
+    out[static_cast<size_t>(gh) * D + t] = __float2half_rn(l > 0.f ? acc1 / l : 0.f);  // token b
   }
 }
 
 // ---- decode, register-dequant path (kv4DecodeKernel) -------------------------------------------
-// A CTA = one (sequence, kv head) pair, or one of its a.splits pieces (1-D grid, DecodePlan), 4
-// warps, rows = the rep heads of the group (padded to 16).
-// The split's 32-token chunks (positions aligned to 32) go round-robin to the warps; each warp
-// runs its own kDecStages-deep cp.async pipeline of raw chunks (K codes, V codes, params) in its
-// own shared memory (no block barrier in the loop) and dequantizes straight into mma fragments:
+// Work split, stream-K over warps (DecodePlan, ChunkSplit): the B nkv (sequence, kv head) pairs,
+// each padded to C = ceil(MB tpb / 32) chunk slots of 32 positions, lie end to end (b nkv + h
+// order) and warp w of the 1-D grid (4 warps per CTA) takes the flat slots [w per, (w + 1) per):
+// the tail of one pair, whole pairs, the head of another. Slots outside a pair's visible chunks
+// (positions [lo, hi)) are skipped. So every warp gets the same number of slots, equal work when
+// the sequences fill the table, and the warps are independent: each runs its own kDecStages-deep
+// cp.async pipeline of raw chunks (K codes, V codes, params) in its own shared memory, which runs
+// on across pair boundaries (the next pair's first chunks fly while the current pair is finished),
+// and there is no block barrier in the kernel. A pair inside one warp's range is written to `out`
+// by that warp; a pair shared by k warps gets one partial per warp (o = O / l, lse = m + log2 l,
+// or lse = -inf for a piece with no visible token) in workspace slots [0, k), combined by
+// kv4MergeKernel. (The earlier plan, a CTA per pair with the last partial round of pairs cut into
+// pieces, paid ~12 us per CTA for its start and its block-wide merge and left the whole pairs'
+// spread, 185-250 us at batch 64 x 8192, as a tail: NOTES logs 14 and 18.)
+// A warp's rows = the rep heads of the pair's group (padded to 16); its Q fragments are loaded
+// from global memory at each pair start (a thread's 16 bytes x D/64 per row).
 //  * Q K^T: thread (g = lane/4, qd = lane%4) takes token g of each n8 tile and the channels
 //    [qd d/4, (qd+1) d/4) (one 16- or 8-byte load); the reduction order of channels is permuted
 //    (the halves (c, c+4) of a code word pair up without prmt), Q's A fragments are permuted alike.
 //  * P V: output channel (d/8) n + np is column n of n-tile np, so thread g needs V channels
 //    [g d/8, (g+1) d/8) of the tokens (2qd, 2qd+1) and (2qd+8, 2qd+9): one prmt puts the same
-//    byte of two tokens side by side, each nibble pair becomes a half2 (token a, token b).
+//    byte of two tokens side by side, each nibble pair becomes a half2 (token a, token b); thread
+//    (g, qd) ends with the contiguous output channels [2qd d/8, (2qd+2) d/8) of rows g, g + 8.
 //  Dequantization is x^ = fp16(code * scale + zero) (hsub2 exact, one hfma2), as the smem path.
 //  Tokens of a chunk outside [lo, hi) get scale = zero = 0 in shared memory (finite V, no NaN from
-//  poison) and -inf scores. The warps' (m, l, O) merge through shared memory at the end.
+//  poison) and -inf scores.
 constexpr int kCh = 32;         // tokens per warp chunk
 constexpr int kDecStages = 3;   // cp.async stages per warp
 
@@ -779,16 +824,39 @@ template <int D>
 struct DecSmem {
   static constexpr int stageBytes(int P) { return kCh * D + kCh * P * 2; }
   static constexpr int pipeBytes(int P) { return 4 * kDecStages * stageBytes(P); }
-  static constexpr int mergeBytes() { return 4 * 16 * D * 4 + 2 * 4 * 16 * 4; }
-  static constexpr int bytes(int P) {
-    return (pipeBytes(P) > mergeBytes() ? pipeBytes(P) : mergeBytes()) + 16 * D * 2 + 2 * 16 * 4;
-  }
+  static constexpr int qBytes() { return (D / 16) * 32 * 16; }  // a warp's Q fragments
+  static constexpr int bytes(int P) { return pipeBytes(P) + 4 * qBytes(); }
 };
 
 __device__ __forceinline__ __half2 u2h2(uint32_t u) { return *reinterpret_cast<__half2*>(&u); }
 __device__ __forceinline__ uint32_t h22u(__half2 h) { return *reinterpret_cast<uint32_t*>(&h); }
+// (x & MASK) | MAGIC as one LOP3 (written in C++, both constants are immediates and the compiler
+// emits two; here MAGIC sits in a register, set once per kernel)
+template <uint32_t MASK, uint32_t MAGIC>
+__device__ __forceinline__ uint32_t maskOr(uint32_t x) {
+  uint32_t r;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(x), "n"(MASK), "r"(MAGIC));
+  return r;
+}
+// Nibbles -> exact fp16 codes (as half2 pairs): bits 0-3 of each half under magic 1024 (unit ulp)
+// minus 1024, bits 4-7 under magic 64 (ulp 1/16) minus 64.
+__device__ __forceinline__ __half2 nibLo(uint32_t x) {
+  return __hsub2(u2h2(maskOr<0x000F000Fu, 0x64006400u>(x)), __half2half2(__ushort_as_half(0x6400)));
+}
+__device__ __forceinline__ __half2 nibHi(uint32_t x) {
+  return __hsub2(u2h2(maskOr<0x00F000F0u, 0x54005400u>(x)), __half2half2(__ushort_as_half(0x5400)));
+}
 
-template <int D>
+// A warp's place in its slot range: chunk c (positions [32 c, 32 c + 32)) of pair `pair`, this
+// pair's chunks of the range end before cEnd, and the pair's visible positions are [lo, hi).
+struct ChunkIter {
+  int pair, c, cEnd, lo, hi;
+};
+
+// G1: each thread's K channels [qd d/4, (qd+1) d/4) lie in one K group and its V channels
+// [g d/8, (g+1) d/8) in one V group (gk >= d/4 and gv >= d/8, e.g. the builder's gk = 32, gv = d):
+// one scale/zero pair per token and operand instead of one per code word.
+template <int D, bool G1>
 __global__ void __launch_bounds__(kThreads, 3) kv4DecodeKernel(AttnArgs a) {
   constexpr int rowB = D / 2;       // code bytes per token row
   constexpr int KS = D / 16;        // k steps of Q K^T
@@ -797,69 +865,89 @@ __global__ void __launch_bounds__(kThreads, 3) kv4DecodeKernel(AttnArgs a) {
   constexpr int NO = D / 8;         // n8 tiles of O
   constexpr int CPT = rowB / 16;    // 16-byte copies per token row
   constexpr int NS = kCh / 8;       // n8 tiles of S per chunk
+  constexpr int QW = D / 8;         // 32-bit Q words per thread and row
   extern __shared__ __align__(16) uint8_t smem[];
   const int P = a.P;
   const int stageB = kCh * D + kCh * P * 2;
-  const int pipeB = 4 * kDecStages * stageB;
-  const int mainB = pipeB > DecSmem<D>::mergeBytes() ? pipeB : DecSmem<D>::mergeBytes();
-  __half* Qs = reinterpret_cast<__half*>(smem + mainB);
-  int* rowPos = reinterpret_cast<int*>(Qs + 16 * D);
-  int* rowOff = rowPos + 16;
 
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  // 1-D grid: items [0, whole) are (sequence, kv head) pairs taken whole, in b nkv + h order;
-  // then each remaining pair in a.splits pieces (split fastest)
-  const int item = blockIdx.x;
-  const bool isWhole = item < a.whole;
-  const int bh = isWhole ? item : a.whole + (item - a.whole) / a.splits;
-  const int split = isWhole ? 0 : (item - a.whole) % a.splits;
-  const int nsplit = isWhole ? 1 : a.splits;
-  const int h = bh % a.nkv, b = bh / a.nkv;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   pdlTrigger();  // the merge kernel may become resident now; it waits for this grid's end
-  const int t = b;  // decode: seq_offsets[b] == b (not read, see kv4AttentionKernel)
-  const int p = a.positions[t];
-  const int lo = a.window > 0 && p - a.window + 1 > 0 ? p - a.window + 1 : 0;
-  const int hi = p + 1;
-  if (tid < 16) {
-    rowPos[tid] = tid < a.rep ? p : -1;
-    rowOff[tid] = (t * a.nh + h * a.rep + tid) * D;
-  }
-  const int first = lo / kCh, n = (hi - 1) / kCh + 1 - first;
-  int per = (n + nsplit - 1) / nsplit;
-  per = (per + 3) & ~3;
-  const int c0 = first + split * per;
-  const int c1 = c0 + per < first + n ? c0 + per : first + n;
-  // this warp's chunks: c0 + warp + 4 j, j < nw
-  const int nw = c1 - c0 - warp > 0 ? (c1 - c0 - warp + 3) / 4 : 0;
+  const int C = (a.MB * a.tpb + kCh - 1) / kCh;  // chunk slots per pair (MB tpb <= 2^30)
+  const ChunkSplit split{C, a.per};
+  const long long w = static_cast<long long>(blockIdx.x) * (kThreads / 32) + warp;
+  const long long total = static_cast<long long>(a.B) * a.nkv * C;
+  const long long f0 = w * a.per;
+  if (f0 >= total) return;  // warp-uniform; nothing below synchronizes more than a warp
+  const long long f1 = f0 + a.per < total ? f0 + a.per : total;
+  const int pFirst = static_cast<int>(f0 / C), pLast = static_cast<int>((f1 - 1) / C);
+  // the range starts at slot cFirst of pair pFirst (this warp is its piece pieceFirst) and ends
+  // before slot cLast of pair pLast; the pairs after pFirst start inside it (piece 0)
+  const int cFirst = static_cast<int>(f0 - static_cast<long long>(pFirst) * C);
+  const int cLast = static_cast<int>(f1 - static_cast<long long>(pLast) * C);
+  const int pieceFirst = static_cast<int>(w - split.firstWarp(pFirst));
   uint8_t* wst = smem + warp * kDecStages * stageB;
+  // this warp's Q A fragments, [k step][lane] (kept in shared memory: in registers they pushed
+  // the loop's live state past the 168 registers of 3 CTAs per SM)
+  uint4* qs = reinterpret_cast<uint4*>(smem + 4 * kDecStages * stageB) + warp * KS * 32;
+
+  // The visible chunks of pair `pr` within this warp's slots. decode: token b is sequence b
+  // (seq_offsets[b] == b, not read).
+  auto segment = [&](int pr, ChunkIter& it) {
+    const int p = a.positions[pr / a.nkv];
+    it.pair = pr;
+    it.lo = a.window > 0 && p - a.window + 1 > 0 ? p - a.window + 1 : 0;
+    it.hi = p + 1;
+    int cb = pr == pFirst ? cFirst : 0;
+    int ce = pr == pLast ? cLast : C;
+    if (it.hi > it.lo) {
+      cb = max(cb, it.lo / kCh);
+      ce = min(ce, (it.hi - 1) / kCh + 1);
+    } else {
+      ce = cb;
+    }
+    it.c = cb;
+    it.cEnd = ce;
+  };
+  // the next chunk to issue (skipping pairs with none in this range); done when c >= cEnd
+  ChunkIter is;
+  segment(pFirst, is);
+  auto settle = [&]() {
+    while (is.c >= is.cEnd && is.pair < pLast) segment(is.pair + 1, is);
+  };
+  settle();
 
   int tpbShift = 0;
   while ((1 << tpbShift) < a.tpb) ++tpbShift;
   const bool wholeChunks = a.tpb >= kCh;  // a chunk is one run of slots of one block
   const size_t vOff = static_cast<size_t>(a.nkv) * a.tpb * rowB;  // K slab -> V slab
-  // tpb >= 32: block of chunk j (every lane); else: block of 8-token segment `lane` (lanes 0..3).
-  // -1 = not to be read. Loaded one chunk ahead of its use (the table read is not waited for).
-  auto tableFor = [&](int j) -> int {
-    if (j >= nw) return -1;
+  // tpb >= 32: block of the chunk (every lane); else: block of 8-token segment `lane` (lanes
+  // 0..3). -1 = not to be read. Loaded one chunk ahead of its use (the table read is not waited
+  // for).
+  auto tableFor = [&](const ChunkIter& it) -> int {
+    if (it.c >= it.cEnd) return -1;
     const int sl = wholeChunks ? 0 : lane;
     if (sl >= kCh / 8) return -1;
-    const int cpos = (c0 + warp + 4 * j) * kCh;
-    const int segStart = cpos + sl * 8, segLen = wholeChunks ? kCh : 8;
-    if (segStart >= hi || segStart + segLen <= lo) return -1;
+    const int segStart = it.c * kCh + sl * 8, segLen = wholeChunks ? kCh : 8;
+    if (segStart >= it.hi || segStart + segLen <= it.lo) return -1;
     const int col = segStart >> tpbShift;
     if (col >= a.MB) return -1;
-    const int blk = __ldg(a.block_table + static_cast<size_t>(b) * a.MB + col);
+    const int blk = __ldg(a.block_table + static_cast<size_t>(it.pair / a.nkv) * a.MB + col);
     return blk >= 0 && blk < a.NB ? blk : -1;
   };
-  int tbNext = tableFor(0);
+  int tbNext = tableFor(is);
   int issueStage = 0;
-  auto issue = [&](int j) {
+  auto issue = [&]() {
     const int tb = tbNext;
-    tbNext = tableFor(j + 1);
+    const bool live = is.c < is.cEnd;
+    const int h = is.pair % a.nkv, cpos = is.c * kCh;
+    if (live) {
+      ++is.c;
+      settle();
+      tbNext = tableFor(is);
+    }
     uint8_t* st = wst + issueStage * stageB;
     issueStage = issueStage + 1 == kDecStages ? 0 : issueStage + 1;
-    const int cpos = (c0 + warp + 4 * j) * kCh;
-    if (j < nw && wholeChunks) {
+    if (live && wholeChunks) {
       if (tb >= 0) {
         const int slot0 = cpos & (a.tpb - 1);
         const uint8_t* ks = a.codes + ((static_cast<size_t>(tb) * 2 * a.nkv + h) * a.tpb + slot0) * rowB;
@@ -872,7 +960,7 @@ __global__ void __launch_bounds__(kThreads, 3) kv4DecodeKernel(AttnArgs a) {
             a.params + ((static_cast<size_t>(tb) * a.nkv + h) * a.tpb + slot0) * P);
         for (int cc = lane; cc < 4 * P; cc += 32) cpAsync16(st + kCh * D + cc * 16, ps + cc * 16);
       }
-    } else if (j < nw) {
+    } else if (live) {
       const int bs0 = __shfl_sync(0xffffffffu, tb, 0), bs1 = __shfl_sync(0xffffffffu, tb, 1);
       const int bs2 = __shfl_sync(0xffffffffu, tb, 2), bs3 = __shfl_sync(0xffffffffu, tb, 3);
       auto blkOf = [&](int seg) { return seg == 0 ? bs0 : seg == 1 ? bs1 : seg == 2 ? bs2 : bs3; };
@@ -901,221 +989,232 @@ __global__ void __launch_bounds__(kThreads, 3) kv4DecodeKernel(AttnArgs a) {
     cpAsyncCommit();
   };
 #pragma unroll
-  for (int s = 0; s < kDecStages - 1; ++s) issue(s);
+  for (int s = 0; s < kDecStages - 1; ++s) issue();
 
-  // Q -> shared memory, then this thread's permuted A fragments
-  __syncthreads();  // rowPos / rowOff
-  for (int c = tid; c < 16 * (D / 8); c += kThreads) {
-    const int r = c / (D / 8), j = c % (D / 8);
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (rowPos[r] >= 0) v = *reinterpret_cast<const uint4*>(a.q + rowOff[r] + j * 8);
-    *reinterpret_cast<uint4*>(Qs + r * D + j * 8) = v;
-  }
-  __syncthreads();
   const int g = lane >> 2, qd = lane & 3;
-  uint32_t qf[KS][4];
-#pragma unroll
-  for (int ks = 0; ks < KS; ++ks) {
-    const int ch = qd * (D / 4) + 8 * (ks >> 1) + 2 * (ks & 1);
-    qf[ks][0] = h22u(__halves2half2(Qs[g * D + ch], Qs[g * D + ch + 4]));
-    qf[ks][1] = h22u(__halves2half2(Qs[(g + 8) * D + ch], Qs[(g + 8) * D + ch + 4]));
-    qf[ks][2] = h22u(__halves2half2(Qs[g * D + ch + 1], Qs[g * D + ch + 5]));
-    qf[ks][3] = h22u(__halves2half2(Qs[(g + 8) * D + ch + 1], Qs[(g + 8) * D + ch + 5]));
-  }
   // parameter offsets (halves within a token's P) of this thread's K words and V bytes
   const int ngk = D / a.gk;
   int kgo[KW];
 #pragma unroll
-  for (int w = 0; w < KW; ++w) kgo[w] = (qd * (D / 4) + 8 * w) / a.gk;
+  for (int kw = 0; kw < KW; ++kw) kgo[kw] = (qd * (D / 4) + 8 * kw) / a.gk;
   const int vgo0 = 2 * ngk + (g * (D / 8)) / a.gv;
   const int vgo1 = 2 * ngk + (g * (D / 8) + (D / 8) - 1) / a.gv;  // last channel's group
   const int ngv = D / a.gv;
 
-  float o[NO][4];
-#pragma unroll
-  for (int i = 0; i < NO; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
-  const uint32_t kMask = 0x000F000Fu, kMagic = 0x64006400u;      // bits 0-3: 1024 + c
-  const uint32_t kMaskHi = 0x00F000F0u, kMagic64 = 0x54005400u;  // bits 4-7: 64 + c
-  const __half2 k1024 = __half2half2(__ushort_as_half(0x6400));
-  const __half2 k64 = __half2half2(__ushort_as_half(0x5400));
-
   int readStage = 0;
-  for (int j = 0; j < nw; ++j) {
-    cpAsyncWait<kDecStages - 2>();
-    __syncwarp();
-    uint8_t* st = wst + readStage * stageB;
-    readStage = readStage + 1 == kDecStages ? 0 : readStage + 1;
-    __half* pr = reinterpret_cast<__half*>(st + kCh * D);
-    const int cpos = (c0 + warp + 4 * j) * kCh;
-    const bool partial = cpos < lo || cpos + kCh > hi;
-    if (partial) {
-      if (cpos + lane < lo || cpos + lane >= hi)
-        for (int e = 0; e < P; ++e) pr[lane * P + e] = __ushort_as_half(0);
+  for (int pr = pFirst; pr <= pLast; ++pr) {
+    ChunkIter ct;
+    segment(pr, ct);
+    const int b = pr / a.nkv, h = pr % a.nkv;
+    const int row0 = b * a.nh + h * a.rep;  // (token b, head h rep): rows of q / out
+    // Q A fragments of rows g, g + 8 (zero past rep): thread channels [qd d/4, (qd+1) d/4) as
+    // words (2 channels each); k step ks takes channels c, c + 4 (a0, a1) and c + 1, c + 5 (a2,
+    // a3) with c = 8 (ks / 2) + 2 (ks % 2), i.e. the halves of words c/2 and c/2 + 2.
+    {
+      uint32_t qw[2][QW];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = g + 8 * r;
+#pragma unroll
+        for (int v = 0; v < QW / 4; ++v) {
+          uint4 x = make_uint4(0, 0, 0, 0);
+          if (row < a.rep)
+            x = *reinterpret_cast<const uint4*>(a.q + static_cast<size_t>(row0 + row) * D +
+                                                qd * (D / 4) + 8 * v);
+          qw[r][4 * v] = x.x; qw[r][4 * v + 1] = x.y; qw[r][4 * v + 2] = x.z; qw[r][4 * v + 3] = x.w;
+        }
+      }
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) {  // each lane reads back only its own entries
+        const int wi = 4 * (ks >> 1) + (ks & 1);
+        qs[ks * 32 + lane] = make_uint4(prmt(qw[0][wi], qw[0][wi + 2], 0x5410),
+                                        prmt(qw[1][wi], qw[1][wi + 2], 0x5410),
+                                        prmt(qw[0][wi], qw[0][wi + 2], 0x7632),
+                                        prmt(qw[1][wi], qw[1][wi + 2], 0x7632));
+      }
+    }
+    float o[NO][4];
+#pragma unroll
+    for (int i = 0; i < NO; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+
+    for (; ct.c < ct.cEnd; ++ct.c) {
+      cpAsyncWait<kDecStages - 2>();
       __syncwarp();
-    }
-    // S = Q K^T over the chunk's 32 tokens
-    float s[NS][4];
-#pragma unroll
-    for (int i = 0; i < NS; ++i) {
-      s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
-      const int tok = i * 8 + g;
-      uint32_t kw[KW];
-      if constexpr (KW == 4) {
-        const uint4 v = *reinterpret_cast<const uint4*>(st + tok * rowB + qd * 16);
-        kw[0] = v.x; kw[1] = v.y; kw[2] = v.z; kw[3] = v.w;
-      } else {
-        const uint2 v = *reinterpret_cast<const uint2*>(st + tok * rowB + qd * 8);
-        kw[0] = v.x; kw[1] = v.y;
+      uint8_t* st = wst + readStage * stageB;
+      readStage = readStage + 1 == kDecStages ? 0 : readStage + 1;
+      __half* pr_ = reinterpret_cast<__half*>(st + kCh * D);
+      const int cpos = ct.c * kCh, lo = ct.lo, hi = ct.hi;
+      const bool partial = cpos < lo || cpos + kCh > hi;
+      if (partial) {
+        if (cpos + lane < lo || cpos + lane >= hi)
+          for (int e = 0; e < P; ++e) pr_[lane * P + e] = __ushort_as_half(0);
+        __syncwarp();
       }
-      const __half* pt = pr + tok * P;
+      // S = Q K^T over the chunk's 32 tokens
+      float s[NS][4];
 #pragma unroll
-      for (int w = 0; w < KW; ++w) {
-        const __half2 sc = __half2half2(pt[kgo[w]]), zr = __half2half2(pt[ngk + kgo[w]]);
-        // nibble k of both halves: k = 0 / 2 under magic 1024 (unit ulp), k = 1 / 3 (bits 4-7)
-        // under magic 64 (ulp 1/16), k = 2 / 3 after >> 8: exact codes, no shift for k = 1
-        const uint32_t w8 = kw[w] >> 8;
-        uint32_t hb[4];
-        hb[0] = h22u(__hfma2(__hsub2(u2h2((kw[w] & kMask) | kMagic), k1024), sc, zr));
-        hb[1] = h22u(__hfma2(__hsub2(u2h2((kw[w] & kMaskHi) | kMagic64), k64), sc, zr));
-        hb[2] = h22u(__hfma2(__hsub2(u2h2((w8 & kMask) | kMagic), k1024), sc, zr));
-        hb[3] = h22u(__hfma2(__hsub2(u2h2((w8 & kMaskHi) | kMagic64), k64), sc, zr));
-        mma16816(s[i], qf[2 * w], hb[0], hb[1]);
-        mma16816(s[i], qf[2 * w + 1], hb[2], hb[3]);
-      }
-    }
-    // online softmax (base 2)
-    float mx0 = m0, mx1 = m1;
-#pragma unroll
-    for (int i = 0; i < NS; ++i) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float v = s[i][e] * a.scale_log2;
-        if (partial) {
-          const int jpos = cpos + i * 8 + 2 * qd + (e & 1);
-          if (jpos < lo || jpos >= hi) v = -INFINITY;
-        }
-        s[i][e] = v;
-      }
-      mx0 = fmaxf(mx0, fmaxf(s[i][0], s[i][1]));
-      mx1 = fmaxf(mx1, fmaxf(s[i][2], s[i][3]));
-    }
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-    const float u0 = mx0 == -INFINITY ? 0.f : mx0, u1 = mx1 == -INFINITY ? 0.f : mx1;
-    const float cr0 = exp2f(m0 - u0), cr1 = exp2f(m1 - u1);
-    m0 = mx0;
-    m1 = mx1;
-    l0 *= cr0;
-    l1 *= cr1;
-    if (__any_sync(0xffffffffu, cr0 != 1.f || cr1 != 1.f)) {  // rare once the max settles
-#pragma unroll
-      for (int i = 0; i < NO; ++i) {
-        o[i][0] *= cr0; o[i][1] *= cr0; o[i][2] *= cr1; o[i][3] *= cr1;
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < NS; ++i) {
-      s[i][0] = exp2f(s[i][0] - u0);
-      s[i][1] = exp2f(s[i][1] - u0);
-      s[i][2] = exp2f(s[i][2] - u1);
-      s[i][3] = exp2f(s[i][3] - u1);
-      l0 += s[i][0] + s[i][1];
-      l1 += s[i][2] + s[i][3];
-    }
-    // O += P V
-#pragma unroll
-    for (int kk = 0; kk < kCh / 16; ++kk) {
-      const uint32_t pa[4] = {packHalf2(s[2 * kk][0], s[2 * kk][1]),
-                              packHalf2(s[2 * kk][2], s[2 * kk][3]),
-                              packHalf2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                              packHalf2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-      // b[0]: tokens (2qd, 2qd+1), b[1]: (2qd+8, 2qd+9) of the 16
-      uint32_t vb[2][NO];
-#pragma unroll
-      for (int pp = 0; pp < 2; ++pp) {
-        const int ta = kk * 16 + pp * 8 + 2 * qd, tb2 = ta + 1;
-        const uint8_t* va = st + kCh * rowB + ta * rowB + g * VB;
-        const uint8_t* vbp = va + rowB;
-        uint32_t wa[VB / 4], wb[VB / 4];
-        if constexpr (VB == 8) {
-          const uint2 x = *reinterpret_cast<const uint2*>(va);
-          const uint2 y = *reinterpret_cast<const uint2*>(vbp);
-          wa[0] = x.x; wa[1] = x.y; wb[0] = y.x; wb[1] = y.y;
+      for (int i = 0; i < NS; ++i) {
+        s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+        const int tok = i * 8 + g;
+        uint32_t kw[KW];
+        if constexpr (KW == 4) {
+          const uint4 v = *reinterpret_cast<const uint4*>(st + tok * rowB + qd * 16);
+          kw[0] = v.x; kw[1] = v.y; kw[2] = v.z; kw[3] = v.w;
         } else {
-          wa[0] = *reinterpret_cast<const uint32_t*>(va);
-          wb[0] = *reinterpret_cast<const uint32_t*>(vbp);
+          const uint2 v = *reinterpret_cast<const uint2*>(st + tok * rowB + qd * 8);
+          kw[0] = v.x; kw[1] = v.y;
         }
-        const __half* pa_ = pr + ta * P;
-        const __half* pb_ = pr + tb2 * P;
-        const __half2 s0 = __halves2half2(pa_[vgo0], pb_[vgo0]);
-        const __half2 z0 = __halves2half2(pa_[vgo0 + ngv], pb_[vgo0 + ngv]);
-        const __half2 s1 = __halves2half2(pa_[vgo1], pb_[vgo1]);
-        const __half2 z1 = __halves2half2(pa_[vgo1 + ngv], pb_[vgo1 + ngv]);
+        const __half* pt = pr_ + tok * P;
+        __half2 sc = __half2half2(pt[kgo[0]]), zr = __half2half2(pt[ngk + kgo[0]]);
 #pragma unroll
-        for (int jb = 0; jb < VB; ++jb) {
-          const uint32_t x = prmt(wa[jb >> 2], wb[jb >> 2], (jb & 3) | ((4 + (jb & 3)) << 8));
-          const bool second = jb >= 4;  // channels g d/8 + 8.. (d = 128 only)
-          const __half2 sc = second ? s1 : s0, zr = second ? z1 : z0;
-          vb[pp][2 * jb] =
-              h22u(__hfma2(__hsub2(u2h2((x & kMask) | kMagic), k1024), sc, zr));
-          vb[pp][2 * jb + 1] =
-              h22u(__hfma2(__hsub2(u2h2((x & kMaskHi) | kMagic64), k64), sc, zr));
+        for (int x = 0; x < KW; ++x) {
+          if (!G1 && x > 0) {
+            sc = __half2half2(pt[kgo[x]]);
+            zr = __half2half2(pt[ngk + kgo[x]]);
+          }
+          // nibble k of both halves: k = 0 / 2 from bits 0-3, k = 1 / 3 from bits 4-7, k = 2 / 3
+          // after >> 8
+          const uint32_t w8 = kw[x] >> 8;
+          uint32_t hb[4];
+          hb[0] = h22u(__hfma2(nibLo(kw[x]), sc, zr));
+          hb[1] = h22u(__hfma2(nibHi(kw[x]), sc, zr));
+          hb[2] = h22u(__hfma2(nibLo(w8), sc, zr));
+          hb[3] = h22u(__hfma2(nibHi(w8), sc, zr));
+          const uint4 qa = qs[(2 * x) * 32 + lane], qb = qs[(2 * x + 1) * 32 + lane];
+          mma16816(s[i], {qa.x, qa.y, qa.z, qa.w}, hb[0], hb[1]);
+          mma16816(s[i], {qb.x, qb.y, qb.z, qb.w}, hb[2], hb[3]);
+        }
+      }
+      // online softmax (base 2, rowMaxStep): the probabilities are 2^(fma(s, c, -m)) by
+      // ex2.approx (~2 ulp, rounded to fp16 for P V anyway; masked scores are -inf and give +0)
+      float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+      for (int i = 0; i < NS; ++i) {
+        if (partial) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int jpos = cpos + i * 8 + 2 * qd + (e & 1);
+            if (jpos < lo || jpos >= hi) s[i][e] = -INFINITY;
+          }
+        }
+        mx0 = fmaxf(mx0, fmaxf(s[i][0], s[i][1]));
+        mx1 = fmaxf(mx1, fmaxf(s[i][2], s[i][3]));
+      }
+      float u0, u1, cr0, cr1;
+      rowMaxStep(m0, m1, mx0, mx1, a.scale_log2, u0, u1, cr0, cr1);
+      l0 *= cr0;
+      l1 *= cr1;
+      if (__any_sync(0xffffffffu, cr0 != 1.f || cr1 != 1.f)) {  // rare once the max settles
+#pragma unroll
+        for (int i = 0; i < NO; ++i) {
+          o[i][0] *= cr0; o[i][1] *= cr0; o[i][2] *= cr1; o[i][3] *= cr1;
         }
       }
 #pragma unroll
-      for (int np = 0; np < NO; ++np) mma16816(o[np], pa, vb[0][np], vb[1][np]);
+      for (int i = 0; i < NS; ++i) {
+        s[i][0] = ex2(fmaf(s[i][0], a.scale_log2, -u0));
+        s[i][1] = ex2(fmaf(s[i][1], a.scale_log2, -u0));
+        s[i][2] = ex2(fmaf(s[i][2], a.scale_log2, -u1));
+        s[i][3] = ex2(fmaf(s[i][3], a.scale_log2, -u1));
+        l0 += s[i][0] + s[i][1];
+        l1 += s[i][2] + s[i][3];
+      }
+      // O += P V
+#pragma unroll
+      for (int kk = 0; kk < kCh / 16; ++kk) {
+        const uint32_t pa[4] = {packHalf2(s[2 * kk][0], s[2 * kk][1]),
+                                packHalf2(s[2 * kk][2], s[2 * kk][3]),
+                                packHalf2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                packHalf2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+        // b[0]: tokens (2qd, 2qd+1), b[1]: (2qd+8, 2qd+9) of the 16
+        uint32_t vb[2][NO];
+#pragma unroll
+        for (int pp = 0; pp < 2; ++pp) {
+          const int ta = kk * 16 + pp * 8 + 2 * qd, tb2 = ta + 1;
+          const uint8_t* va = st + kCh * rowB + ta * rowB + g * VB;
+          const uint8_t* vbp = va + rowB;
+          uint32_t wa[VB / 4], wb[VB / 4];
+          if constexpr (VB == 8) {
+            const uint2 x = *reinterpret_cast<const uint2*>(va);
+            const uint2 y = *reinterpret_cast<const uint2*>(vbp);
+            wa[0] = x.x; wa[1] = x.y; wb[0] = y.x; wb[1] = y.y;
+          } else {
+            wa[0] = *reinterpret_cast<const uint32_t*>(va);
+            wb[0] = *reinterpret_cast<const uint32_t*>(vbp);
+          }
+          const __half* pa_ = pr_ + ta * P;
+          const __half* pb_ = pr_ + tb2 * P;
+          const __half2 s0 = __halves2half2(pa_[vgo0], pb_[vgo0]);
+          const __half2 z0 = __halves2half2(pa_[vgo0 + ngv], pb_[vgo0 + ngv]);
+          __half2 s1 = s0, z1 = z0;
+          if (!G1) {
+            s1 = __halves2half2(pa_[vgo1], pb_[vgo1]);
+            z1 = __halves2half2(pa_[vgo1 + ngv], pb_[vgo1 + ngv]);
+          }
+#pragma unroll
+          for (int jb = 0; jb < VB; ++jb) {
+            const uint32_t x = prmt(wa[jb >> 2], wb[jb >> 2], (jb & 3) | ((4 + (jb & 3)) << 8));
+            const bool second = jb >= 4;  // channels g d/8 + 8.. (d = 128 only)
+            const __half2 sc = second ? s1 : s0, zr = second ? z1 : z0;
+            vb[pp][2 * jb] = h22u(__hfma2(nibLo(x), sc, zr));
+            vb[pp][2 * jb + 1] = h22u(__hfma2(nibHi(x), sc, zr));
+          }
+        }
+#pragma unroll
+        for (int np = 0; np < NO; ++np) mma16816(o[np], pa, vb[0][np], vb[1][np]);
+      }
+      __syncwarp();
+      issue();
     }
-    __syncwarp();
-    issue(j + kDecStages - 1);
-  }
-  cpAsyncWait<0>();
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-  __syncthreads();  // every warp done with its stages: the area becomes the merge buffer
-  float* wm = reinterpret_cast<float*>(smem);  // [4][16]
-  float* wl = wm + 4 * 16;                     // [4][16]
-  float* wo = wl + 4 * 16;                     // [4][16][D]
-  if (qd == 0) {
-    wm[warp * 16 + g] = m0; wm[warp * 16 + g + 8] = m1;
-    wl[warp * 16 + g] = l0; wl[warp * 16 + g + 8] = l1;
-  }
+
+    // The pair's result over this warp's chunks: rows g, g + 8, channels [2qd d/8, (2qd+2) d/8)
+    // (o[np][e]: channel (2qd + (e & 1)) d/8 + np).
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const int pieces = split.pieces(pr);
+    const int piece = pr == pFirst ? pieceFirst : 0;
 #pragma unroll
-  for (int np = 0; np < NO; ++np) {
-    const int ch0 = (2 * qd) * (D / 8) + np, ch1 = ch0 + D / 8;
-    wo[(warp * 16 + g) * D + ch0] = o[np][0];
-    wo[(warp * 16 + g) * D + ch1] = o[np][1];
-    wo[(warp * 16 + g + 8) * D + ch0] = o[np][2];
-    wo[(warp * 16 + g + 8) * D + ch1] = o[np][3];
-  }
-  __syncthreads();
-  for (int idx = tid; idx < a.rep * D; idx += kThreads) {
-    const int row = idx / D, ch = idx % D;
-    float M = -INFINITY;
+    for (int r = 0; r < 2; ++r) {
+      const int row = g + 8 * r;
+      if (row >= a.rep) continue;
+      const float l = r ? l1 : l0, m = r ? m1 : m0;
+      const float inv = l > 0.f ? 1.f / l : 0.f;
+      if (pieces == 1) {
+        __half* dst = a.out + static_cast<size_t>(row0 + row) * D + 2 * qd * (D / 8);
 #pragma unroll
-    for (int w = 0; w < 4; ++w) M = fmaxf(M, wm[w * 16 + row]);
-    float sum = 0.f, acc = 0.f;
-    if (M != -INFINITY) {
+        for (int half = 0; half < 2; ++half) {
 #pragma unroll
-      for (int w = 0; w < 4; ++w) {
-        const float f = exp2f(wm[w * 16 + row] - M);
-        sum += f * wl[w * 16 + row];
-        acc += f * wo[(w * 16 + row) * D + ch];
+          for (int v = 0; v < NO / 8; ++v) {
+            uint32_t u[4];
+#pragma unroll
+            for (int k = 0; k < 4; ++k)
+              u[k] = packHalf2(o[8 * v + 2 * k][2 * r + half] * inv,
+                               o[8 * v + 2 * k + 1][2 * r + half] * inv);
+            *reinterpret_cast<uint4*>(dst + half * (D / 8) + 8 * v) =
+                make_uint4(u[0], u[1], u[2], u[3]);
+          }
+        }
+      } else {
+        const size_t pi = static_cast<size_t>(row0 + row) * a.splits + piece;
+        if (l > 0.f) {
+          float* dst = a.ws_o + pi * D + 2 * qd * (D / 8);
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+#pragma unroll
+            for (int v = 0; v < NO / 4; ++v)
+              *reinterpret_cast<float4*>(dst + half * (D / 8) + 4 * v) =
+                  make_float4(o[4 * v][2 * r + half] * inv, o[4 * v + 1][2 * r + half] * inv,
+                              o[4 * v + 2][2 * r + half] * inv, o[4 * v + 3][2 * r + half] * inv);
+          }
+        }
+        if (qd == 0) a.ws_lse[pi] = l > 0.f ? m + log2f(l) : -INFINITY;
       }
     }
-    const float val = sum > 0.f ? acc / sum : 0.f;
-    if (nsplit == 1) {
-      a.out[rowOff[row] + ch] = __float2half_rn(val);
-    } else {
-      const size_t pi = (static_cast<size_t>(bh - a.whole) * a.rep + row) * a.splits + split;
-      a.ws_o[pi * D + ch] = val;
-      if (ch == 0) a.ws_lse[pi] = sum > 0.f ? M + log2f(sum) : -INFINITY;
-    }
   }
+  cpAsyncWait<0>();  // nothing left in flight at exit (the last commits are empty)
 }
 
 // ---- launchers --------------------------------------------------------------------------------
@@ -1150,15 +1249,18 @@ bool decodePath(int T, int B, const lowbitKv4Layout* L) {
 constexpr int kResidentCtas = 3 * 132;
 constexpr int kSmemTargetCtas = 1584;  // smem path: ~12 CTAs per SM of a 132-SM H100 (waves)
 
-// Which decode kernel: the register-dequant kv4DecodeKernel wins (measured on the H100) once a
-// CTA has enough chunks to amortize its start and end (long contexts, enough CTAs); shorter
-// contexts keep the smem-dequant kv4AttentionKernel<D, true>. From (B, layout) only. (4096 tokens
-// with one round of pairs, batch 64 Llama-3-8B heads on the H100: 249.6 us smem path, 193.2 us
-// register path.)
+// Which decode kernel: the register-dequant kv4DecodeKernel (stream-K over warps) from
+// kRegMinSlots chunk slots (B nkv ceil(MB tpb / 32)) on; below, the smem-dequant
+// kv4AttentionKernel<D, true>, whose one-tile splits spread a tiny batch over more CTAs. From (B,
+// layout) only. H100 (NOTES log 18): batch 1 x 512 tokens, Llama-3-8B heads (128 slots) 7.0 us
+// smem path vs 10.3 register path; Llama-2-7B heads x 2048 (2048 slots) 15.3 vs 11.2 us; batch 64
+// x 2048 462 vs 254 us.
+constexpr long long kRegMinSlots = 2048;
+
 bool decodeRegPath(int B, const lowbitKv4Layout* L) {
-  const long long ctx = static_cast<long long>(L->max_blocks_per_seq) * L->tokens_per_block;
-  const long long ctas = static_cast<long long>(B) * L->num_kv_heads;
-  return (ctx >= 8192 && ctas >= 128) || (ctx >= 4096 && ctas >= kResidentCtas);
+  const long long C =
+      (static_cast<long long>(L->max_blocks_per_seq) * L->tokens_per_block + kCh - 1) / kCh;
+  return static_cast<long long>(B) * L->num_kv_heads * C >= kRegMinSlots;
 }
 
 // Smem path: at least one wave of kResidentCtas, about kSmemTilesPerSplit tiles per split where
@@ -1187,35 +1289,40 @@ int decodeSplitsSmem(int B, const lowbitKv4Layout* L) {
   return s < 1 ? 1 : static_cast<int>(s);
 }
 
-// How the decode grid covers the B nkv (sequence, kv head) pairs: the first `whole` pairs one CTA
-// each, every other pair in `splits` pieces whose partials kv4MergeKernel combines.
+// How a decode grid covers the B nkv (sequence, kv head) pairs. Smem path: `splits` CTAs per pair
+// (per == 0). Register path: per > 0 chunk slots per warp over the pairs' C = ceil(MB tpb / 32)
+// slots laid end to end (ChunkSplit), `warps` warps; `splits` is then the most warps that share a
+// pair (the workspace's slots per (sequence, head) row). 1 = no merge.
 struct DecodePlan {
-  int whole, splits;
+  int splits = 1, per = 0;
 };
 
-// Register path: whole pairs in full rounds of kResidentCtas CTAs, and the pairs of the last,
-// partial round cut into as many pieces as fill one round (at most cap: >= 4 chunks, one per
-// warp, per piece). A CTA's start and end cost about 12 us under load (measured with
-// %globaltimer: the dependent loads positions -> block table -> codes, and the warps' skew at the
-// final merge), so splitting every pair is expensive, and a partial round of whole pairs runs
-// alone for most of a CTA's time. H100, batch 64 x 8192 tokens: Llama-3-8B heads (512 pairs)
-// 1 / 2 / 3 / 6 uniform splits 344 / 351 / 369 / 452 us; Llama-2-7B heads (2048) 1 / 2 / 3 / 4
-// splits 1206 / 1299 / 1355 / 1436 us. Fewer pairs than one round: every pair in pieces, one round.
+// Register path, stream-K over all warps of one round (kResidentCtas CTAs of 4 warps): per =
+// ceil(B nkv C / warps), at least kMinChunksPerWarp (a warp's start costs a few us: the dependent
+// loads positions -> block table -> codes, NOTES log 14; H100, batch 1 x 2048 tokens, Llama-2-7B
+// heads: at least 2 / 4 / 8 chunks 11.5 / 13.0 / 19.1 us, x 8192 Llama-3-8B heads 15.5 / 14.6 /
+// 20.3 us). A range of C slots meets at most ceil((C - 1) / per) + 1 ranges of per slots.
+constexpr int kMinChunksPerWarp = 4;
+
 DecodePlan decodePlanReg(int B, const lowbitKv4Layout* L) {
-  const long long ctas = static_cast<long long>(B) * L->num_kv_heads;
-  const long long chunks =
+  DecodePlan p;
+  const long long C =
       (static_cast<long long>(L->max_blocks_per_seq) * L->tokens_per_block + kCh - 1) / kCh;
-  long long cap = chunks / 4 > 1 ? chunks / 4 : 1;
-  if (cap > kMaxSplits) cap = kMaxSplits;
-  const long long tail = ctas % kResidentCtas;  // pairs of the partial round
-  long long s = tail > 0 ? kResidentCtas / tail : 1;
-  if (s > cap) s = cap;
-  if (s <= 1) return {static_cast<int>(ctas), 1};
-  return {static_cast<int>(ctas - tail), static_cast<int>(s)};
+  const long long total = static_cast<long long>(B) * L->num_kv_heads * C;
+  const long long warps = kResidentCtas * (kThreads / 32);
+  long long per = (total + warps - 1) / warps;
+  if (per < kMinChunksPerWarp) per = kMinChunksPerWarp;
+  if (per > 0x7fffffffLL) per = 0x7fffffffLL;  // bounded by the grid check of the launcher
+  p.per = static_cast<int>(per);
+  p.splits = static_cast<int>((C - 1 + per - 1) / per + 1);
+  return p;
 }
 
 DecodePlan decodePlan(int B, const lowbitKv4Layout* L) {
-  return decodeRegPath(B, L) ? decodePlanReg(B, L) : DecodePlan{0, decodeSplitsSmem(B, L)};
+  if (decodeRegPath(B, L)) return decodePlanReg(B, L);
+  DecodePlan p;
+  p.splits = decodeSplitsSmem(B, L);
+  return p;
 }
 
 template <int D, bool DECODE>
@@ -1228,11 +1335,16 @@ int launchAttention(const AttnArgs& a, int T, bool regPath, cudaStream_t stream)
     kv4AttentionKernel<D, true><<<dim3(a.splits, a.nkv, a.B), kThreads, smem, stream>>>(a);
   } else if constexpr (DECODE) {
     const int smem = DecSmem<D>::bytes(a.P);
-    st = allowDynamicSmem<kv4DecodeKernel<D>>(smem);
+    const bool g1 = a.gk >= D / 4 && a.gv >= D / 8;
+    auto kernel = g1 ? kv4DecodeKernel<D, true> : kv4DecodeKernel<D, false>;
+    st = g1 ? allowDynamicSmem<kv4DecodeKernel<D, true>>(smem)
+            : allowDynamicSmem<kv4DecodeKernel<D, false>>(smem);
     if (st != LOWBIT_OK) return st;
-    const long long items = a.whole + static_cast<long long>(a.B * a.nkv - a.whole) * a.splits;
-    if (items > 0x7fffffffLL) return LOWBIT_ERR_BAD_SHAPE;
-    kv4DecodeKernel<D><<<static_cast<unsigned>(items), kThreads, smem, stream>>>(a);
+    const long long C = (static_cast<long long>(a.MB) * a.tpb + kCh - 1) / kCh;
+    const long long warps = (static_cast<long long>(a.B) * a.nkv * C + a.per - 1) / a.per;
+    const long long grid = (warps + kThreads / 32 - 1) / (kThreads / 32);  // 4 warps per CTA
+    if (grid > 0x7fffffffLL) return LOWBIT_ERR_BAD_SHAPE;
+    kernel<<<static_cast<unsigned>(grid), kThreads, smem, stream>>>(a);
   } else {
     constexpr int R = kPrefillRows;
     const int smem = Smem<D>::bytes(R, a.P);
@@ -1244,29 +1356,27 @@ int launchAttention(const AttnArgs& a, int T, bool regPath, cudaStream_t stream)
         <<<dim3(static_cast<unsigned>(rows), a.nkv, 1), kPrefillThreads, smem, stream>>>(a);
   }
   st = launchStatus();
-  const int splitHeads = (a.B * a.nkv - a.whole) * a.rep;  // (sequence, head) rows to merge
-  if (st != LOWBIT_OK || !DECODE || a.splits == 1 || splitHeads == 0) return st;
-  // programmatic dependent launch: the merge's CTAs start while the attention grid drains
-  return launchDependent(kv4MergeKernel<D>, dim3(splitHeads), dim3(kMergeThreads), 0, stream,
+  if (st != LOWBIT_OK || !DECODE || a.splits == 1) return st;
+  // programmatic dependent launch: the merge's CTAs start while the attention grid drains; one
+  // CTA per (sequence, head) row (register path: rows of unshared pairs return at once)
+  return launchDependent(kv4MergeKernel<D>, dim3(a.B * a.nh), dim3(kMergeThreads), 0, stream,
                          static_cast<const float*>(a.ws_o), static_cast<const float*>(a.ws_lse),
-                         a.nh, a.whole * a.rep, a.splits, a.out);
+                         a.rep, a.splits, (a.MB * a.tpb + kCh - 1) / kCh, a.per, a.out);
 }
 
-// Workspace of a plan: n partials (rows of the split (sequence, head)s x splits), ws_o = n x d
-// floats, then ws_lse = n floats at byte lseOffset (both 256-byte aligned).
+// Workspace of a plan: n partials (B nh rows x splits slots), ws_o = n x d floats, then ws_lse =
+// n floats at byte lseOffset (both 256-byte aligned).
 size_t planPartials(int B, const lowbitKv4Layout* L, const DecodePlan& plan) {
-  return static_cast<size_t>(B * L->num_kv_heads - plan.whole) *
-         (L->num_heads / L->num_kv_heads) * plan.splits;
+  return plan.splits > 1 ? static_cast<size_t>(B) * L->num_heads * plan.splits : 0;
 }
 size_t lseOffset(size_t n, const lowbitKv4Layout* L) {
   return (n * L->head_size * sizeof(float) + 255) / 256 * 256;
 }
 
 size_t workspaceBytes(int T, int B, const lowbitKv4Layout* L, DecodePlan* plan) {
-  *plan = {B * L->num_kv_heads, 1};
+  *plan = DecodePlan{};
   if (!decodePath(T, B, L)) return 0;
   *plan = decodePlan(B, L);
-  if (plan->splits == 1) plan->whole = B * L->num_kv_heads;
   const size_t n = planPartials(B, L, *plan);
   if (n == 0) return 0;
   return lseOffset(n, L) + (n * sizeof(float) + 255) / 256 * 256;
@@ -1392,7 +1502,7 @@ extern "C" int lowbit_kv4_attention(const void* q, const int* positions, const i
   a.NB = layout->num_blocks;
   a.MB = layout->max_blocks_per_seq;
   a.splits = plan.splits;
-  a.whole = plan.whole;
+  a.per = plan.per;
   a.scale_log2 = 1.4426950408889634f / sqrtf(static_cast<float>(layout->head_size));
   auto s = static_cast<cudaStream_t>(stream);
   const bool dec = decodePath(T, B, layout);

@@ -113,9 +113,10 @@ def test_decode_block_sizes_and_groups(cuda_lib, tpb, gk, gv):
                                                      (9, 3, 64, 16, 32, 8, 0),
                                                      (32, 8, 128, 64, 32, 128, 1000)])
 def test_decode_register_path(cuda_lib, nh, nkv, d, tpb, gk, gv, win):
-    # the register-dequant decode kernel (chosen for contexts >= 8192 and batch * nkv >= 128):
-    # V groups of 8 (two per thread at d = 128), blocks of exactly one 32-token chunk, blocks
-    # larger than a chunk, 8- and 16-token blocks (per-segment table reads), d = 64, a window
+    # the register-dequant decode kernel (kv4DecodeKernel: from 2048 chunk slots B nkv
+    # ceil(MB tpb / 32) on): V groups of 8 (two per thread at d = 128: the per-word scale path),
+    # blocks of exactly one 32-token chunk, blocks larger than a chunk, 8- and 16-token blocks
+    # (per-segment table reads), d = 64, a window (warp ranges with no visible token: lse = -inf)
     b = max(16, -(-128 // nkv))
     lens = [1, 31, 32, 33, 95, 700, 2049, 8192] + [1 + (37 * i) % 3000 for i in range(b - 8)]
     _decode_case(kv.KvLayout(nh, nkv, d, gk, gv, tokens_per_block=tpb, sliding_window=win), lens,
@@ -123,16 +124,33 @@ def test_decode_register_path(cuda_lib, nh, nkv, d, tpb, gk, gv, win):
 
 
 @pytest.mark.parametrize("nh,nkv", [(32, 8), (32, 32)])
-def test_decode_register_path_whole_and_split_pairs(cuda_lib, nh, nkv):
-    # more (sequence, kv head) pairs than one round of resident CTAs (396): the first rounds'
-    # pairs run whole, the last partial round's pairs in pieces merged by kv4MergeKernel (64 x 8
-    # = 512 pairs: 396 whole + 116 in 3 pieces; 16 x 32: the same); long and short sequences on
-    # both sides of the boundary
+def test_decode_register_path_pairs_split_over_warps(cuda_lib, nh, nkv):
+    # stream-K over warps: 64 x 8 or 16 x 32 = 512 pairs of 258 chunk slots (MB tpb = 8256) over
+    # 1584 warps of 84 slots, so every pair is shared by 4-5 warps whose partials kv4MergeKernel
+    # combines, and a warp's range holds the tail of one pair and the head of the next; long and
+    # short sequences next to each other
     b = 64 if nkv == 8 else 16
     g = torch.Generator().manual_seed(11)
     lens = torch.randint(1, 8193, (b,), generator=g).tolist()
     lens[0], lens[-1], lens[-2], lens[b // 2] = 8192, 8192, 1, 33
     _decode_case(kv.KvLayout(nh, nkv, 128, 32, 128), lens, seed=11)
+
+
+def test_decode_register_path_several_pairs_per_warp(cuda_lib):
+    # 200 x 8 pairs of 8 chunk slots (lengths up to 150, MB tpb = 256): 9 slots per warp, so most
+    # pairs lie inside one warp's range (written directly), the others are split in two, and
+    # ranges that cover only slots past a short sequence's end leave empty partials
+    g = torch.Generator().manual_seed(13)
+    lens = torch.randint(1, 151, (200,), generator=g).tolist()
+    lens[0], lens[1], lens[-1] = 150, 1, 150
+    _decode_case(kv.KvLayout(32, 8, 128, 32, 128), lens, seed=13)
+
+
+@pytest.mark.parametrize("nh,nkv,d", [(32, 8, 128), (9, 3, 64)])
+def test_decode_smem_path_small_batches(cuda_lib, nh, nkv, d):
+    # fewer than 2048 chunk slots (6 x 8 or 6 x 3 pairs of 34 slots): kv4AttentionKernel<D, true>,
+    # a tile per split, merged by kv4MergeKernel
+    _decode_case(kv.KvLayout(nh, nkv, d, 32, d), [1, 17, 63, 64, 65, 1000])
 
 
 def test_decode_many_heads_per_kv_head_uses_prefill_path(cuda_lib):
