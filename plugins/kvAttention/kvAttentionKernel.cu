@@ -31,8 +31,8 @@
 //   Query rows are (token, head of the GQA group) pairs, so each KV tile is read once for all
 //   heads sharing it.
 //   DECODE (T == B, nh/nkv <= 16), the smem path for tiny batches x contexts (decodeRegPath
-//     false; else kv4DecodeKernel below): a CTA = (split, kv head, sequence); rows = the nh/nkv heads of
-//     the group (padded to 16); the 4 warps take 16 tokens each of every tile and merge their
+//     false; else kv4DecodeKernel below): a CTA = (split, kv head, sequence); rows = the nh/nkv
+//     heads of the group (padded to 16); the 4 warps take 16 tokens each of every tile and merge their
 //     (max, sum, O) in shared memory; the sequence's tiles are split evenly over `splits` CTAs
 //     (flash-decoding), whose partials (o = O / l, lse = m + log2 l) go to the workspace and are
 //     combined by kv4MergeKernel: out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M).
@@ -820,6 +820,12 @@ kv4MergeKernel(const float* __restrict__ ws_o, const float* __restrict__ ws_lse,
 constexpr int kCh = 32;         // tokens per warp chunk
 constexpr int kDecStages = 3;   // cp.async stages per warp
 
+// Chunk slots of one (sequence, kv head) pair in the register path's plan: ceil(MB tpb / 32)
+// (32-bit: MB tpb <= 2^30 after checkLayout).
+__host__ __device__ __forceinline__ int chunkSlots(int MB, int tpb) {
+  return (MB * tpb + kCh - 1) / kCh;
+}
+
 template <int D>
 struct DecSmem {
   static constexpr int stageBytes(int P) { return kCh * D + kCh * P * 2; }
@@ -872,7 +878,7 @@ __global__ void __launch_bounds__(kThreads, 3) kv4DecodeKernel(AttnArgs a) {
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   pdlTrigger();  // the merge kernel may become resident now; it waits for this grid's end
-  const int C = (a.MB * a.tpb + kCh - 1) / kCh;  // chunk slots per pair (MB tpb <= 2^30)
+  const int C = chunkSlots(a.MB, a.tpb);
   const ChunkSplit split{C, a.per};
   const long long w = static_cast<long long>(blockIdx.x) * (kThreads / 32) + warp;
   const long long total = static_cast<long long>(a.B) * a.nkv * C;
@@ -1258,8 +1264,7 @@ constexpr int kSmemTargetCtas = 1584;  // smem path: ~12 CTAs per SM of a 132-SM
 constexpr long long kRegMinSlots = 2048;
 
 bool decodeRegPath(int B, const lowbitKv4Layout* L) {
-  const long long C =
-      (static_cast<long long>(L->max_blocks_per_seq) * L->tokens_per_block + kCh - 1) / kCh;
+  const long long C = chunkSlots(L->max_blocks_per_seq, L->tokens_per_block);
   return static_cast<long long>(B) * L->num_kv_heads * C >= kRegMinSlots;
 }
 
@@ -1306,8 +1311,7 @@ constexpr int kMinChunksPerWarp = 4;
 
 DecodePlan decodePlanReg(int B, const lowbitKv4Layout* L) {
   DecodePlan p;
-  const long long C =
-      (static_cast<long long>(L->max_blocks_per_seq) * L->tokens_per_block + kCh - 1) / kCh;
+  const long long C = chunkSlots(L->max_blocks_per_seq, L->tokens_per_block);
   const long long total = static_cast<long long>(B) * L->num_kv_heads * C;
   const long long warps = kResidentCtas * (kThreads / 32);
   long long per = (total + warps - 1) / warps;
@@ -1340,7 +1344,7 @@ int launchAttention(const AttnArgs& a, int T, bool regPath, cudaStream_t stream)
     st = g1 ? allowDynamicSmem<kv4DecodeKernel<D, true>>(smem)
             : allowDynamicSmem<kv4DecodeKernel<D, false>>(smem);
     if (st != LOWBIT_OK) return st;
-    const long long C = (static_cast<long long>(a.MB) * a.tpb + kCh - 1) / kCh;
+    const long long C = chunkSlots(a.MB, a.tpb);
     const long long warps = (static_cast<long long>(a.B) * a.nkv * C + a.per - 1) / a.per;
     const long long grid = (warps + kThreads / 32 - 1) / (kThreads / 32);  // 4 warps per CTA
     if (grid > 0x7fffffffLL) return LOWBIT_ERR_BAD_SHAPE;
@@ -1361,7 +1365,7 @@ int launchAttention(const AttnArgs& a, int T, bool regPath, cudaStream_t stream)
   // CTA per (sequence, head) row (register path: rows of unshared pairs return at once)
   return launchDependent(kv4MergeKernel<D>, dim3(a.B * a.nh), dim3(kMergeThreads), 0, stream,
                          static_cast<const float*>(a.ws_o), static_cast<const float*>(a.ws_lse),
-                         a.rep, a.splits, (a.MB * a.tpb + kCh - 1) / kCh, a.per, a.out);
+                         a.rep, a.splits, chunkSlots(a.MB, a.tpb), a.per, a.out);
 }
 
 // Workspace of a plan: n partials (B nh rows x splits slots), ws_o = n x d floats, then ws_lse =
