@@ -36,6 +36,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "common/asyncCopy.cuh"
 #include "common/cudaCheck.h"
@@ -372,6 +373,18 @@ __global__ void __launch_bounds__(NT, 1024 / NT) atomQuantizeFastKernel(
       if (tid + c * Tg < C) cpAsync16(dst + tid + c * Tg, src + tid + c * Tg);
   };
   int row = blockIdx.x * R + g;
+  // This thread's first table entries are loaded before the first row's copies are issued:
+  // behind them they waited for a whole round of rows (~8 MB, ~3 us at M >= 1056 rows).
+  int4 rawP0 = make_int4(0, 0, 0, 0), rawP1 = rawP0;
+  uint4 rawG = make_uint4(0u, 0u, 0u, 0u);
+  auto loadRaw = [&](int j) {
+    if (perm) {
+      rawP0 = reinterpret_cast<const int4*>(perm)[2 * j];
+      rawP1 = reinterpret_cast<const int4*>(perm)[2 * j + 1];
+    }
+    if (norm) rawG = reinterpret_cast<const uint4*>(gamma)[j];
+  };
+  if ((int)threadIdx.x < C) loadRaw(threadIdx.x);
   if (row < M) fetch(row, 0);  // the first row's copies fly while the tables are set up
   cpAsyncCommit();
 
@@ -384,9 +397,10 @@ __global__ void __launch_bounds__(NT, 1024 / NT) atomQuantizeFastKernel(
   // the kernel). The codes come out rotated too and are rotated back when packed.
   for (int j = threadIdx.x; j < C; j += blockDim.x) {
     int o[8];
+    const int4 o0 = rawP0, o1 = rawP1;
+    const uint4 gRaw = rawG;
+    if (j + (int)blockDim.x < C) loadRaw(j + blockDim.x);
     if (perm) {
-      const int4 o0 = reinterpret_cast<const int4*>(perm)[2 * j];
-      const int4 o1 = reinterpret_cast<const int4*>(perm)[2 * j + 1];
       o[0] = o0.x; o[1] = o0.y; o[2] = o0.z; o[3] = o0.w;
       o[4] = o1.x; o[5] = o1.y; o[6] = o1.z; o[7] = o1.w;
     } else {
@@ -394,7 +408,7 @@ __global__ void __launch_bounds__(NT, 1024 / NT) atomQuantizeFastKernel(
       for (int e = 0; e < 8; ++e) o[e] = 8 * j + e;
     }
     float g8[8];
-    if (norm) toF8<T>(reinterpret_cast<const uint4*>(gamma)[j], g8);
+    if (norm) toF8<T>(gRaw, g8);
     // ro[e] = sizeof(T) * o[(e + rot) % 8], rg[e] = g8[(e + rot) % 8]: a barrel rotation in
     // registers, three select stages (dynamic indexing put both arrays in local memory)
     const int rot = (j >> 2) & 7;
@@ -467,11 +481,15 @@ __global__ void __launch_bounds__(NT, 1024 / NT) atomQuantizeFastKernel(
       rstd = rsqrtf(total * (1.f / static_cast<float>(K)) + eps);
     }
 
-#pragma unroll
-    for (int c = 0; c < CPT; ++c) {
+    // Chunk c of this thread. kMay: some thread's chunk c may be an outlier chunk (the span
+    // c * Tg .. c * Tg + Tg - 1 reaches Cn); spans of normal chunks only take the kMay = false
+    // copy, where the outlier selects (divisor, clamp, store path) compile away: ~6% fewer
+    // instructions per chunk at K = 4096 (NOTES log 19). CPT = 8 (K > 4096 at Tg = 128) keeps one
+    // copy: with two, ptxas spilled (64-byte stack) and K = 11008 took 82 -> 100 us at M = 4096.
+    auto chunk = [&](int c, auto mayOutlier) {
+      constexpr bool kMay = decltype(mayOutlier)::value;
       const int j = tid + c * Tg;
-      if (c * Tg >= C) break;  // uniform: no thread has a chunk c
-      const bool active = j < C, outlier = j >= Cn;
+      const bool active = j < C, outlier = kMay && j >= Cn;
       float h[8];  // set only where active (zero-filling it cost 8 moves per chunk)
       if (active) {
         const int4 o0 = reinterpret_cast<const int4*>(so)[j];
@@ -495,32 +513,30 @@ __global__ void __launch_bounds__(NT, 1024 / NT) atomQuantizeFastKernel(
         const float t = __shfl_xor_sync(0xffffffffu, a, o);
         if (o < kLanes || outlier) a = fmaxf(a, t);
       }
-      if (!active) continue;
+      if (!active) return;
       // Scale as the reference: fp16(amax * clip / 7) (int4), fp16(amax / 127) (int8 outliers).
       const __half s16 = __float2half_rn(outlier ? divRnConst<127>(a)
                                                  : divRnConst<7>(__fmul_rn(a, clip)));
       const float s = __half2float(s16);
       const float lo = outlier ? kRound - 127.f : kRound - 8.f;
       const float hi = outlier ? kRound + 127.f : kRound + 7.f;
+      // A scale of 0 (every h of the group rounds to 0 in fp16) takes inv = 0: h * 0 = 0 gives
+      // code 0 and never the redo, without a branch (which cost 7 zero moves per chunk).
+      float inv;
+      asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(inv) : "f"(s));  // s: a normal fp32 (fp16 > 0)
+      inv = s > 0.f ? inv : 0.f;
       int q[8];
-      if (s > 0.f) {
-        float inv;
-        asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(inv) : "f"(s));  // s: a normal fp32 (fp16 > 0)
-        float worst = 0.f;
+      float worst = 0.f;
 #pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          const float r = fmaf(h[e], inv, kRound);
-          worst = fmaxf(worst, fabsf(fmaf(h[e], inv, kRound - r)));
-          q[e] = __float_as_int(fminf(fmaxf(r, lo), hi));
-        }
-        if (worst > 0.5f - 4e-5f) {
+      for (int e = 0; e < 8; ++e) {
+        const float r = fmaf(h[e], inv, kRound);
+        worst = fmaxf(worst, fabsf(fmaf(h[e], inv, kRound - r)));
+        q[e] = __float_as_int(fminf(fmaxf(r, lo), hi));
+      }
+      if (worst > 0.5f - 4e-5f) {
 #pragma unroll
-          for (int e = 0; e < 8; ++e)
-            q[e] = __float_as_int(fminf(fmaxf(__fdiv_rn(h[e], s) + kRound, lo), hi));
-        }
-      } else {
-#pragma unroll
-        for (int e = 0; e < 8; ++e) q[e] = 0;  // scale 0 (all-zero group): codes 0
+        for (int e = 0; e < 8; ++e)
+          q[e] = __float_as_int(fminf(fmaxf(__fdiv_rn(h[e], s) + kRound, lo), hi));
       }
       const int rot = (j >> 2) & 7;  // code e is channel 8j + (e + rot) % 8: rotate it back
       if (!outlier) {
@@ -535,6 +551,12 @@ __global__ void __launch_bounds__(NT, 1024 / NT) atomQuantizeFastKernel(
         *reinterpret_cast<uint2*>(x8row + (j - Cn) * 8) = w;
         if (j == Cn) xs8[row] = s16;
       }
+    };
+#pragma unroll
+    for (int c = 0; c < CPT; ++c) {
+      if (c * Tg >= C) break;  // uniform: no thread has a chunk c
+      if (CPT <= 4 && (c + 1) * Tg <= Cn) chunk(c, std::false_type{});
+      else chunk(c, std::true_type{});
     }
     if (Ko == 0 && xs8 != nullptr && tid == 0) xs8[row] = __float2half_rn(0.f);
     namedBarrier(1 + g, Tg);  // the slot and the warp sums may be overwritten from here on
