@@ -351,6 +351,31 @@ def test_atom_reorder_quantize(cuda_lib, m, k, ko, gs, dtype, use_perm) -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("m,k", [(2200, 4096), (1500, 11008), (17, 4096)])
+def test_atom_quantize_zero_groups(cuda_lib, m, k) -> None:
+    # Groups whose values are all zero get scale 0 and codes 0 (the set-up-once kernel takes
+    # inv = 0 there instead of a branch; M = 2200 / 1500 reach it, M = 17 the general kernel):
+    # the first int4 group of every row, one whole row, and the outlier group of another row.
+    ko, gs = 128, 128
+    g = _gen((m, k, "zero-groups"))
+    x = _activation(m, k, torch.float16, g)
+    perm = _perm(x, ko)
+    x[:, perm[:gs].long()] = 0.0  # reordered channels 0..127: int4 group 0 of every row
+    x[5] = 0.0
+    x[9, perm[k - ko:].long()] = 0.0  # row 9's outlier group
+    gamma = (torch.rand(k, generator=g, device="cuda") + 0.5).half()
+    out = ops.atom_reorder_quantize(x, perm, ko, gs, 0.9, out=_poisoned_atom(m, k, ko, gs))
+    _check_atom(out, reference.atom_reorder_quantize(x, perm, ko, gs, 0.9), exact=True)
+    assert (out.xs4[:, 0] == 0).all() and (out.xs4[5] == 0).all() and out.xs8[9] == 0
+    assert (packing.unpack_int4(out.x4)[:, :gs] == 0).all() and (out.x8[9] == 0).all()
+    out = ops.atom_rmsnorm_quantize(x, gamma, perm, 1e-5, ko, gs, 0.9,
+                                    out=_poisoned_atom(m, k, ko, gs))
+    _check_atom(out, reference.atom_rmsnorm_quantize(x, gamma, perm, 1e-5, ko, gs, 0.9),
+                exact=False)
+    assert (out.xs4[:, 0] == 0).all() and (out.xs4[5] == 0).all() and out.xs8[9] == 0
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("m,k,dtype,static", [
     (1, 4096, torch.float16, False),
     (17, 5120, torch.bfloat16, False),
