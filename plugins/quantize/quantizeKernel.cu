@@ -327,8 +327,10 @@ atomQuantizeKernel(
 // works on its own rows (row = blockIdx.x * R + g, stride gridDim.x * R) with named barriers, so
 // groups never wait for each other. Thread t of a group owns the CPT chunks j = t + c * Tg. Rows
 // arrive by cp.async into a 2-slot ring per group: row i + 1 is in flight while row i is worked
-// on (no registers held for it). Two barriers per row: after the sum of squares (publishes the
-// staged row and the per-warp sums) and at the end (the slot and the sums are free again).
+// on (no registers held for it). A barrier after the sum of squares publishes the staged row and
+// the per-warp sums; CPT = 1 and 8 have a second one at the end of the row (the slot and the sums
+// are free again), CPT = 2 and 4 instead issue row i + 1's copies after row i's first barrier and
+// alternate two sets of sums (kOneBar).
 // Quantization of one element is 6 instructions: r = fma(h, 1/s, 1.5 * 2^23) holds
 // kRound + rint(h * (1/s)); the residual d = fma(h, 1/s, -rint) (one rounding) flags a chunk
 // whose quotient lies within 4e-5 of a half-integer, redone with IEEE division (bound as in
@@ -348,21 +350,28 @@ __global__ void __launch_bounds__(NT, 1024 / NT) atomQuantizeFastKernel(
     const T* __restrict__ x, const T* __restrict__ gamma, const int* __restrict__ perm, float eps,
     int M, int K, int Ko, float clip, int Tg, uint32_t* __restrict__ x4, __half* __restrict__ xs4,
     int8_t* __restrict__ x8, __half* __restrict__ xs8) {
-  // Shared memory (all dynamic): so int32 [K] | partial fp32 [R][8] | sg fp32 [K] (with gamma)
+  // Shared memory (all dynamic): so int32 [K] | partial fp32 [R][2][8] | sg fp32 [K] (with gamma)
   // | slots T [R][2][K].
   extern __shared__ __align__(16) uint8_t smemRaw[];
   const int R = blockDim.x / Tg;
   int* so = reinterpret_cast<int*>(smemRaw);
   float* partialAll = reinterpret_cast<float*>(so + K);
-  float* sg = partialAll + 8 * R;
+  float* sg = partialAll + 16 * R;
   T* slotsAll = reinterpret_cast<T*>(sg + (gamma ? K : 0));
   constexpr int kLanes = G / 8;          // lanes per int4 group
   constexpr float kRound = 12582912.0f;  // 1.5 * 2^23
+  // One barrier per row (CPT = 2, 4): the next row's copies are issued after this row's barrier,
+  // into the slot every thread finished reading before it, and the warp sums alternate between
+  // two sets, so the end-of-row barrier goes. K = 4096, M = 4096 / 8192: 24.4 -> 23.8 us /
+  // 44.3 -> 43.0 us (NOTES log 20). CPT = 8 keeps two barriers: with one, ptxas spilled (32-byte
+  // stack) and K = 11008 took 78 -> 86 us (RMSNorm, M = 4096); CPT = 1 (K <= 1024) too, as it
+  // got an 8-byte stack with it.
+  constexpr bool kOneBar = CPT == 2 || CPT == 4;
   const int C = K / 8, Cn = (K - Ko) / 8;  // chunks: all, normal (a multiple of 16)
   const bool norm = gamma != nullptr;
 
   const int g = threadIdx.x / Tg, tid = threadIdx.x - g * Tg, nw = Tg >> 5;
-  float* partial = partialAll + 8 * g;
+  float* partialG = partialAll + 16 * g;  // two sets of 8 warp sums (kOneBar: rows alternate)
   T* slots = slotsAll + (size_t)g * 2 * K;
   const int stride = gridDim.x * R;
   auto fetch = [&](int row, int slot) {  // this thread's CPT vectors of row -> slot
@@ -443,14 +452,19 @@ __global__ void __launch_bounds__(NT, 1024 / NT) atomQuantizeFastKernel(
       reinterpret_cast<float4*>(sg)[C + j] = make_float4(rg[4], rg[5], rg[6], rg[7]);
     }
   }
-  if (tid >= nw && tid < 8) partial[tid] = 0.f;  // blockSum reads 8 entries
+  if (tid >= nw && tid < 8) partialG[tid] = partialG[8 + tid] = 0.f;  // the sum reads 8 entries
   __syncthreads();
 
   for (int it = 0; row < M; row += stride, ++it) {
     const int slot = it & 1;
-    if (row + stride < M) fetch(row + stride, slot ^ 1);
-    cpAsyncCommit();
-    cpAsyncWait<1>();  // this thread's copies of `row` have landed
+    float* partial = partialG + (kOneBar ? 8 * slot : 0);
+    if constexpr (kOneBar) {
+      cpAsyncWait<0>();  // this thread's copies of `row` have landed (the only ones in flight)
+    } else {
+      if (row + stride < M) fetch(row + stride, slot ^ 1);
+      cpAsyncCommit();
+      cpAsyncWait<1>();  // this thread's copies of `row` have landed
+    }
     const uint8_t* sx = reinterpret_cast<const uint8_t*>(slots + slot * K);
     uint32_t* x4row = x4 + (size_t)row * Cn;  // output rows (64-bit math once per row)
     __half* xs4row = xs4 + (size_t)row * (Cn / kLanes);
@@ -479,6 +493,10 @@ __global__ void __launch_bounds__(NT, 1024 / NT) atomQuantizeFastKernel(
       const float total = ((p.x + p.y) + (p.z + p.w)) + ((q.x + q.y) + (q.z + q.w));
       // torch's CUDA mean multiplies the sum by 1/K; rsqrtf is what torch.rsqrt calls on CUDA.
       rstd = rsqrtf(total * (1.f / static_cast<float>(K)) + eps);
+    }
+    if constexpr (kOneBar) {  // slot ^ 1 was last read before this row's barrier: free
+      if (row + stride < M) fetch(row + stride, slot ^ 1);
+      cpAsyncCommit();
     }
 
     // Chunk c of this thread. kMay: some thread's chunk c may be an outlier chunk (the span
@@ -559,7 +577,8 @@ __global__ void __launch_bounds__(NT, 1024 / NT) atomQuantizeFastKernel(
       else chunk(c, std::true_type{});
     }
     if (Ko == 0 && xs8 != nullptr && tid == 0) xs8[row] = __float2half_rn(0.f);
-    namedBarrier(1 + g, Tg);  // the slot and the warp sums may be overwritten from here on
+    if constexpr (!kOneBar)
+      namedBarrier(1 + g, Tg);  // the slot and the warp sums may be overwritten from here on
   }  // row
   cpAsyncWait<0>();  // nothing left in flight at exit (the last commit may be empty)
 }
@@ -677,7 +696,7 @@ inline FastPlan fastPlan(int K, int cpt, bool norm, int nt) {
   FastPlan p;
   p.Tg = ((K / 8 + cpt - 1) / cpt + 31) / 32 * 32;
   const int slot = K * static_cast<int>(sizeof(T));
-  auto bytes = [&](int r) { return K * 4 + r * 32 + (norm ? K * 4 : 0) + r * 2 * slot; };
+  auto bytes = [&](int r) { return K * 4 + r * 64 + (norm ? K * 4 : 0) + r * 2 * slot; };
   // As many groups as the CTA's nt threads hold while 1024 / nt CTAs fit in an SM's shared
   // memory (H100: 228 KiB per SM, 227 per block; 1 KiB per CTA is the runtime's).
   const int perSm = deviceAttribute<cudaDevAttrMaxSharedMemoryPerMultiprocessor>(228 * 1024);
