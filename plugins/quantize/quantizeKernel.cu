@@ -339,10 +339,10 @@ atomQuantizeKernel(
 // ncu history (K = 4096, M = 8192): the old kernel 38.3 M warp instructions, 61.7 us; one chunk
 // per thread with the row in registers 38.3 M (the per-row reduction paid by 4x the threads);
 // one CTA per row with fp32 staging 29.5 M but 16 warps per SM, latency-bound, 76.6 us.
-// NT = threads per CTA: 512 (two CTAs per SM) where two CTAs each fit >= 2 row groups (K up to
-// ~6000 with RMSNorm), else 1024 (one CTA per SM sharing one set of tables: K = 11008 reorder-only
-// at M = 8192 146 -> 116 us against the one-row-per-CTA kernel, NOTES log 16); 64 registers either
-// way. R <= kFastMaxGroups (named barriers 1..R).
+// NT = threads per CTA: 512 (two CTAs per SM) or 1024 (one CTA per SM sharing one set of tables:
+// K = 11008 reorder-only at M = 8192 146 -> 116 us against the one-row-per-CTA kernel, NOTES log
+// 16); for K > 4096 the launcher picks CPT (4 or 8) and NT by the threads at work per SM (log 22).
+// 64 registers either way. R <= kFastMaxGroups (named barriers 1..R).
 constexpr int kFastMaxCpt = 8, kFastMaxGroupThreads = 256, kFastMaxGroups = 8;
 
 template <typename T, int G, int CPT, int NT>
@@ -738,23 +738,57 @@ int launchAtom(const void* x, const void* gamma, const int* perm, float eps, int
   // The set-up-once kernel where at least two row groups share a CTA's tables (one group per
   // CTA was slower than the one-row-per-CTA kernel: K = 11008, 172.9 vs 151.7 us at M = 8192) and
   // where each group gets about two rows or more to amortize the per-CTA setup (at M = 16 it
-  // cost 6.3 us vs 4.5 us). 512-thread CTAs first (faster at K = 4096), else 1024.
+  // cost 6.3 us vs 4.5 us). K <= 4096: 512-thread CTAs (faster than 1024 at K = 4096).
   if (Ko <= 128 && C <= kFastMaxCpt * kFastMaxGroupThreads) {
     const bool norm = gamma != nullptr;
     const int sms = multiprocessorCount();
-    const FastPlan p512 = fastPlan<T>(K, cpt, norm, 512);
-    if (p512.R >= 2 && M >= 2 * p512.R * 2 * sms) {  // ~2 rows per group
+    if (cpt < 8) {
+      const FastPlan p512 = fastPlan<T>(K, cpt, norm, 512);
+      if (p512.R >= 2 && M >= 2 * p512.R * 2 * sms) {  // ~2 rows per group
 #define LOWBIT_FAST(c) \
   launchAtomFast<T, G, c, 512>(p512, x, gamma, perm, eps, M, K, Ko, clip, x4, xs4, x8, xs8, stream)
-      return cpt == 1 ? LOWBIT_FAST(1) : cpt == 2 ? LOWBIT_FAST(2) : cpt == 4 ? LOWBIT_FAST(4)
-                                                                              : LOWBIT_FAST(8);
+        return cpt == 1 ? LOWBIT_FAST(1) : cpt == 2 ? LOWBIT_FAST(2) : LOWBIT_FAST(4);
 #undef LOWBIT_FAST
-    }
-    if (cpt == 8 && p512.R < 2) {  // 1024-thread CTAs are built for CPT = 8 only (large K)
-      const FastPlan p1024 = fastPlan<T>(K, cpt, norm, 1024);
-      if (p1024.R >= 2 && M >= 2 * p1024.R * sms)
-        return launchAtomFast<T, G, 8, 1024>(p1024, x, gamma, perm, eps, M, K, Ko, clip, x4, xs4,
-                                             x8, xs8, stream);
+      }
+    } else {
+      // K > 4096: shared memory, not threads, bounds the row groups (two staged rows each), so
+      // of CPT 4 / 8 (CPT 4 while its groups stay <= 256 threads, K <= 8192) and 512 / 1024-thread
+      // CTAs take the plan with the most threads at work per SM, in this order on ties. The rule
+      // before (CPT 8, 512-thread CTAs first) ran K = 5120 as 3 groups of 96 threads per CTA:
+      // RMSNorm M = 4096 39.8 -> 31.9 us, K = 8192 58.7 -> 45.2 us (NOTES log 22).
+      struct Cand {
+        int cpt, nt;
+        FastPlan p;
+      };
+      Cand cands[4];
+      int n = 0;
+      if (C <= 4 * kFastMaxGroupThreads) {
+        cands[n++] = {4, 512, fastPlan<T>(K, 4, norm, 512)};
+        cands[n++] = {4, 1024, fastPlan<T>(K, 4, norm, 1024)};
+      }
+      cands[n++] = {8, 512, fastPlan<T>(K, 8, norm, 512)};
+      cands[n++] = {8, 1024, fastPlan<T>(K, 8, norm, 1024)};
+      int best = -1, bestThreads = 0;
+      for (int i = 0; i < n; ++i) {
+        const int ctas = 1024 / cands[i].nt, r = cands[i].p.R;  // CTAs per SM, groups per CTA
+        const int threads = r * cands[i].p.Tg * ctas;
+        if (r >= 2 && M >= 2 * r * ctas * sms && threads > bestThreads) {
+          best = i;
+          bestThreads = threads;
+        }
+      }
+      if (best >= 0) {
+        const Cand& c = cands[best];
+        if (c.cpt == 4)
+          return c.nt == 512 ? launchAtomFast<T, G, 4, 512>(c.p, x, gamma, perm, eps, M, K, Ko,
+                                                             clip, x4, xs4, x8, xs8, stream)
+                             : launchAtomFast<T, G, 4, 1024>(c.p, x, gamma, perm, eps, M, K, Ko,
+                                                              clip, x4, xs4, x8, xs8, stream);
+        return c.nt == 512 ? launchAtomFast<T, G, 8, 512>(c.p, x, gamma, perm, eps, M, K, Ko,
+                                                           clip, x4, xs4, x8, xs8, stream)
+                           : launchAtomFast<T, G, 8, 1024>(c.p, x, gamma, perm, eps, M, K, Ko,
+                                                            clip, x4, xs4, x8, xs8, stream);
+      }
     }
   }
   const int threads = threadsFor(K);

@@ -301,6 +301,9 @@ ATOM_Q_CASES = [  # (M, K, K_o, G, dtype, eps, clip, use perm)
     (4500, 4096, 128, 128, torch.float16, 1e-5, 0.9, True),
     (2200, 4096, 128, 64, torch.bfloat16, 1e-6, 1.0, True),
     (1500, 11008, 128, 128, torch.float16, 1e-5, 0.9, True),
+    # K > 4096 (13B / 70B hidden sizes): CPT 4 row groups of 160 / 256 threads on the H100
+    (1600, 5120, 128, 128, torch.float16, 1e-5, 0.9, True),
+    (1100, 8192, 128, 128, torch.bfloat16, 1e-6, 1.0, True),
 ]
 
 
@@ -340,6 +343,7 @@ def test_atom_rmsnorm_quantize(cuda_lib, m, k, ko, gs, dtype, eps, clip, use_per
     (255, 1536, 128, 128, torch.bfloat16, True),
     (4500, 4096, 128, 128, torch.float16, True),  # set-up-once kernel, 512-thread CTAs
     (2100, 11008, 128, 128, torch.bfloat16, True),  # set-up-once kernel, 1024-thread CTAs
+    (1100, 8192, 128, 128, torch.float16, True),  # CPT 4, 1024-thread CTAs
 ])
 def test_atom_reorder_quantize(cuda_lib, m, k, ko, gs, dtype, use_perm) -> None:
     g = _gen((m, k, ko, gs, str(dtype), use_perm))
