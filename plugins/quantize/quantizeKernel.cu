@@ -458,11 +458,14 @@ __global__ void __launch_bounds__(NT, 1024 / NT) atomQuantizeFastKernel(
   for (int it = 0; row < M; row += stride, ++it) {
     const int slot = it & 1;
     float* partial = partialG + (kOneBar ? 8 * slot : 0);
+    auto fetchNext = [&]() {  // the next row of this group -> the other slot
+      if (row + stride < M) fetch(row + stride, slot ^ 1);
+      cpAsyncCommit();
+    };
     if constexpr (kOneBar) {
       cpAsyncWait<0>();  // this thread's copies of `row` have landed (the only ones in flight)
     } else {
-      if (row + stride < M) fetch(row + stride, slot ^ 1);
-      cpAsyncCommit();
+      fetchNext();
       cpAsyncWait<1>();  // this thread's copies of `row` have landed
     }
     const uint8_t* sx = reinterpret_cast<const uint8_t*>(slots + slot * K);
@@ -494,10 +497,7 @@ __global__ void __launch_bounds__(NT, 1024 / NT) atomQuantizeFastKernel(
       // torch's CUDA mean multiplies the sum by 1/K; rsqrtf is what torch.rsqrt calls on CUDA.
       rstd = rsqrtf(total * (1.f / static_cast<float>(K)) + eps);
     }
-    if constexpr (kOneBar) {  // slot ^ 1 was last read before this row's barrier: free
-      if (row + stride < M) fetch(row + stride, slot ^ 1);
-      cpAsyncCommit();
-    }
+    if constexpr (kOneBar) fetchNext();  // slot ^ 1 was last read before this row's barrier
 
     // Chunk c of this thread. kMay: some thread's chunk c may be an outlier chunk (the span
     // c * Tg .. c * Tg + Tg - 1 reaches Cn); spans of normal chunks only take the kMay = false
@@ -738,57 +738,51 @@ int launchAtom(const void* x, const void* gamma, const int* perm, float eps, int
   // The set-up-once kernel where at least two row groups share a CTA's tables (one group per
   // CTA was slower than the one-row-per-CTA kernel: K = 11008, 172.9 vs 151.7 us at M = 8192) and
   // where each group gets about two rows or more to amortize the per-CTA setup (at M = 16 it
-  // cost 6.3 us vs 4.5 us). K <= 4096: 512-thread CTAs (faster than 1024 at K = 4096).
+  // cost 6.3 us vs 4.5 us).
   if (Ko <= 128 && C <= kFastMaxCpt * kFastMaxGroupThreads) {
     const bool norm = gamma != nullptr;
     const int sms = multiprocessorCount();
+    // K <= 4096: CPT as above, 512-thread CTAs (faster than 1024 at K = 4096). K > 4096: shared
+    // memory, not threads, bounds the row groups (two staged rows each), so of CPT 4 / 8 (CPT 4
+    // while its groups stay <= 256 threads, K <= 8192) and 512 / 1024-thread CTAs the plan with
+    // the most threads at work per SM, in this order on ties. The rule before (CPT 8, 512-thread
+    // CTAs first) ran K = 5120 as 3 groups of 96 threads per CTA: RMSNorm M = 4096 39.8 -> 31.9
+    // us, K = 8192 58.7 -> 45.2 us (NOTES log 22).
+    struct Cand {
+      int cpt, nt;
+      FastPlan p;
+    };
+    Cand cands[4];
+    int n = 0;
     if (cpt < 8) {
-      const FastPlan p512 = fastPlan<T>(K, cpt, norm, 512);
-      if (p512.R >= 2 && M >= 2 * p512.R * 2 * sms) {  // ~2 rows per group
-#define LOWBIT_FAST(c) \
-  launchAtomFast<T, G, c, 512>(p512, x, gamma, perm, eps, M, K, Ko, clip, x4, xs4, x8, xs8, stream)
-        return cpt == 1 ? LOWBIT_FAST(1) : cpt == 2 ? LOWBIT_FAST(2) : LOWBIT_FAST(4);
-#undef LOWBIT_FAST
-      }
+      cands[n++] = {cpt, 512, fastPlan<T>(K, cpt, norm, 512)};
     } else {
-      // K > 4096: shared memory, not threads, bounds the row groups (two staged rows each), so
-      // of CPT 4 / 8 (CPT 4 while its groups stay <= 256 threads, K <= 8192) and 512 / 1024-thread
-      // CTAs take the plan with the most threads at work per SM, in this order on ties. The rule
-      // before (CPT 8, 512-thread CTAs first) ran K = 5120 as 3 groups of 96 threads per CTA:
-      // RMSNorm M = 4096 39.8 -> 31.9 us, K = 8192 58.7 -> 45.2 us (NOTES log 22).
-      struct Cand {
-        int cpt, nt;
-        FastPlan p;
-      };
-      Cand cands[4];
-      int n = 0;
       if (C <= 4 * kFastMaxGroupThreads) {
         cands[n++] = {4, 512, fastPlan<T>(K, 4, norm, 512)};
         cands[n++] = {4, 1024, fastPlan<T>(K, 4, norm, 1024)};
       }
       cands[n++] = {8, 512, fastPlan<T>(K, 8, norm, 512)};
       cands[n++] = {8, 1024, fastPlan<T>(K, 8, norm, 1024)};
-      int best = -1, bestThreads = 0;
-      for (int i = 0; i < n; ++i) {
-        const int ctas = 1024 / cands[i].nt, r = cands[i].p.R;  // CTAs per SM, groups per CTA
-        const int threads = r * cands[i].p.Tg * ctas;
-        if (r >= 2 && M >= 2 * r * ctas * sms && threads > bestThreads) {
-          best = i;
-          bestThreads = threads;
-        }
+    }
+    int best = -1, bestThreads = 0;
+    for (int i = 0; i < n; ++i) {
+      const int ctas = 1024 / cands[i].nt, r = cands[i].p.R;  // CTAs per SM, groups per CTA
+      const int threads = r * cands[i].p.Tg * ctas;
+      if (r >= 2 && M >= 2 * r * ctas * sms && threads > bestThreads) {  // ~2 rows per group
+        best = i;
+        bestThreads = threads;
       }
-      if (best >= 0) {
-        const Cand& c = cands[best];
-        if (c.cpt == 4)
-          return c.nt == 512 ? launchAtomFast<T, G, 4, 512>(c.p, x, gamma, perm, eps, M, K, Ko,
-                                                             clip, x4, xs4, x8, xs8, stream)
-                             : launchAtomFast<T, G, 4, 1024>(c.p, x, gamma, perm, eps, M, K, Ko,
-                                                              clip, x4, xs4, x8, xs8, stream);
-        return c.nt == 512 ? launchAtomFast<T, G, 8, 512>(c.p, x, gamma, perm, eps, M, K, Ko,
-                                                           clip, x4, xs4, x8, xs8, stream)
-                           : launchAtomFast<T, G, 8, 1024>(c.p, x, gamma, perm, eps, M, K, Ko,
-                                                            clip, x4, xs4, x8, xs8, stream);
-      }
+    }
+    if (best >= 0) {
+      const Cand& c = cands[best];
+#define LOWBIT_FAST(cp, nt) \
+  launchAtomFast<T, G, cp, nt>(c.p, x, gamma, perm, eps, M, K, Ko, clip, x4, xs4, x8, xs8, stream)
+      if (c.nt == 1024) return c.cpt == 4 ? LOWBIT_FAST(4, 1024) : LOWBIT_FAST(8, 1024);
+      return c.cpt == 1   ? LOWBIT_FAST(1, 512)
+             : c.cpt == 2 ? LOWBIT_FAST(2, 512)
+             : c.cpt == 4 ? LOWBIT_FAST(4, 512)
+                          : LOWBIT_FAST(8, 512);
+#undef LOWBIT_FAST
     }
   }
   const int threads = threadsFor(K);
