@@ -329,8 +329,8 @@ atomQuantizeKernel(
 // arrive by cp.async into a 2-slot ring per group: row i + 1 is in flight while row i is worked
 // on (no registers held for it). A barrier after the sum of squares publishes the staged row and
 // the per-warp sums; CPT = 1 and 8 have a second one at the end of the row (the slot and the sums
-// are free again), CPT = 2 and 4 instead issue row i + 1's copies after row i's first barrier and
-// alternate two sets of sums (kOneBar).
+// are free again), CPT = 2, 4 and 5 instead issue row i + 1's copies after row i's first barrier
+// and alternate two sets of sums (kOneBar).
 // Quantization of one element is 6 instructions: r = fma(h, 1/s, 1.5 * 2^23) holds
 // kRound + rint(h * (1/s)); the residual d = fma(h, 1/s, -rint) (one rounding) flags a chunk
 // whose quotient lies within 4e-5 of a half-integer, redone with IEEE division (bound as in
@@ -341,7 +341,8 @@ atomQuantizeKernel(
 // one CTA per row with fp32 staging 29.5 M but 16 warps per SM, latency-bound, 76.6 us.
 // NT = threads per CTA: 512 (two CTAs per SM) or 1024 (one CTA per SM sharing one set of tables:
 // K = 11008 reorder-only at M = 8192 146 -> 116 us against the one-row-per-CTA kernel, NOTES log
-// 16); for K > 4096 the launcher picks CPT (4 or 8) and NT by the threads at work per SM (log 22).
+// 16); for K > 4096 the launcher picks CPT (4, 5 or 8) and NT by the threads at work per SM (logs
+// 22, 23).
 // 64 registers either way. R <= kFastMaxGroups (named barriers 1..R).
 constexpr int kFastMaxCpt = 8, kFastMaxGroupThreads = 256, kFastMaxGroups = 8;
 
@@ -366,7 +367,7 @@ __global__ void __launch_bounds__(NT, 1024 / NT) atomQuantizeFastKernel(
   // 44.3 -> 43.0 us (NOTES log 20). CPT = 8 keeps two barriers: with one, ptxas spilled (32-byte
   // stack) and K = 11008 took 78 -> 86 us (RMSNorm, M = 4096); CPT = 1 (K <= 1024) too, as it
   // got an 8-byte stack with it.
-  constexpr bool kOneBar = CPT == 2 || CPT == 4;
+  constexpr bool kOneBar = CPT == 2 || CPT == 4 || CPT == 5;
   const int C = K / 8, Cn = (K - Ko) / 8;  // chunks: all, normal (a multiple of 16)
   const bool norm = gamma != nullptr;
 
@@ -736,23 +737,24 @@ int launchAtom(const void* x, const void* gamma, const int* perm, float eps, int
   constexpr int t = kFastTargetThreads;
   const int cpt = C <= t ? 1 : C <= 2 * t ? 2 : C <= 4 * t ? 4 : 8;
   // The set-up-once kernel where at least two row groups share a CTA's tables (one group per
-  // CTA was slower than the one-row-per-CTA kernel: K = 11008, 172.9 vs 151.7 us at M = 8192) and
-  // where each group gets about two rows or more to amortize the per-CTA setup (at M = 16 it
-  // cost 6.3 us vs 4.5 us).
+  // CTA was slower than the one-row-per-CTA kernel: K = 11008, 172.9 vs 151.7 us at M = 8192).
   if (Ko <= 128 && C <= kFastMaxCpt * kFastMaxGroupThreads) {
     const bool norm = gamma != nullptr;
     const int sms = multiprocessorCount();
     // K <= 4096: CPT as above, 512-thread CTAs (faster than 1024 at K = 4096). K > 4096: shared
-    // memory, not threads, bounds the row groups (two staged rows each), so of CPT 4 / 8 (CPT 4
-    // while its groups stay <= 256 threads, K <= 8192) and 512 / 1024-thread CTAs the plan with
-    // the most threads at work per SM, in this order on ties. The rule before (CPT 8, 512-thread
-    // CTAs first) ran K = 5120 as 3 groups of 96 threads per CTA: RMSNorm M = 4096 39.8 -> 31.9
-    // us, K = 8192 58.7 -> 45.2 us (NOTES log 22).
+    // memory, not threads, bounds the row groups (two staged rows each), so of CPT 4 / 5 / 8 (4
+    // and 5 while their groups stay <= 256 threads, K <= 8192 / 10240) and 512 / 1024-thread CTAs
+    // the plan with the most threads at work per SM, in this order on ties. The rule before (CPT
+    // 8, 512-thread CTAs first) ran K = 5120 as 3 groups of 96 threads per CTA: RMSNorm M = 4096
+    // 39.8 -> 31.9 us, K = 8192 58.7 -> 45.2 us (NOTES log 22). CPT 5 (1024 threads only: at 512
+    // shared memory leaves 3 groups) gives K = 5120 eight groups of 128 threads, 1024 per SM where
+    // CPT 4 had 6 x 160 = 960, and rows in rounds of 1056 instead of 792 groups (M = 4096: 3.9
+    // rounds, not 5.2 -> 6): RMSNorm M = 4096 / 8192 31.8 / 58.3 -> 30.5 / 54.4 us (log 23).
     struct Cand {
       int cpt, nt;
       FastPlan p;
     };
-    Cand cands[4];
+    Cand cands[5];
     int n = 0;
     if (cpt < 8) {
       cands[n++] = {cpt, 512, fastPlan<T>(K, cpt, norm, 512)};
@@ -761,23 +763,41 @@ int launchAtom(const void* x, const void* gamma, const int* perm, float eps, int
         cands[n++] = {4, 512, fastPlan<T>(K, 4, norm, 512)};
         cands[n++] = {4, 1024, fastPlan<T>(K, 4, norm, 1024)};
       }
+      if (C <= 5 * kFastMaxGroupThreads) cands[n++] = {5, 1024, fastPlan<T>(K, 5, norm, 1024)};
       cands[n++] = {8, 512, fastPlan<T>(K, 8, norm, 512)};
       cands[n++] = {8, 1024, fastPlan<T>(K, 8, norm, 1024)};
     }
+    // From 3/4 of a row per group (the measured break-even against the general kernel lies
+    // between 1/2 and 1: K = 4096 / 5120 M = 1024 and K = 8192 / 11008 M = 1024 gain, e.g. K = 4096
+    // M = 1024 11.7 -> 8.9 us, M = 2048 19.0 -> 14.0, K = 8192 M = 1024 20.7 -> 15.0; K = 8192 /
+    // 11008 at M = 256 lose 20-40%; log 23; the rule before asked for two rows per group).
     int best = -1, bestThreads = 0;
     for (int i = 0; i < n; ++i) {
       const int ctas = 1024 / cands[i].nt, r = cands[i].p.R;  // CTAs per SM, groups per CTA
       const int threads = r * cands[i].p.Tg * ctas;
-      if (r >= 2 && M >= 2 * r * ctas * sms && threads > bestThreads) {  // ~2 rows per group
+      if (r >= 2 && 4 * M >= 3 * r * ctas * sms && threads > bestThreads) {
         best = i;
         bestThreads = threads;
       }
+    }
+    // Fewer rows (decode, short chunks): latency, not bandwidth. Where groups of <= 256 threads
+    // hold a row in 1 or 2 chunks per thread (K <= 4096), the set-up-once kernel with those
+    // groups: a row's chunks are 2 steps per thread where the general kernel (128 threads) takes
+    // 4, each waiting on its perm / gamma loads. K = 4096 RMSNorm M = 1 / 16 / 256: 4.3 / 4.6 /
+    // 6.0 -> 3.3 / 4.0 / 4.6 us; K = 1536 M = 1: 3.2 -> 2.6 us. Wider rows keep the general kernel
+    // (CPT 4 groups were as slow or slower there; log 23).
+    if (best < 0 && C <= 2 * kFastMaxGroupThreads) {
+      const int lat = C <= kFastMaxGroupThreads ? 1 : 2;
+      cands[0] = {lat, 512, fastPlan<T>(K, lat, norm, 512)};
+      best = 0;
     }
     if (best >= 0) {
       const Cand& c = cands[best];
 #define LOWBIT_FAST(cp, nt) \
   launchAtomFast<T, G, cp, nt>(c.p, x, gamma, perm, eps, M, K, Ko, clip, x4, xs4, x8, xs8, stream)
-      if (c.nt == 1024) return c.cpt == 4 ? LOWBIT_FAST(4, 1024) : LOWBIT_FAST(8, 1024);
+      if (c.nt == 1024)
+        return c.cpt == 4 ? LOWBIT_FAST(4, 1024) : c.cpt == 5 ? LOWBIT_FAST(5, 1024)
+                                                              : LOWBIT_FAST(8, 1024);
       return c.cpt == 1   ? LOWBIT_FAST(1, 512)
              : c.cpt == 2 ? LOWBIT_FAST(2, 512)
              : c.cpt == 4 ? LOWBIT_FAST(4, 512)

@@ -296,14 +296,19 @@ ATOM_Q_CASES = [  # (M, K, K_o, G, dtype, eps, clip, use perm)
     (100, 576, 64, 64, torch.float16, 1e-6, 1.0, True),
     (16, 1536, 0, 128, torch.float16, 1e-5, 0.9, False),
     (5, 20480, 128, 128, torch.float16, 1e-5, 0.9, True),  # K > 16384: the general kernel
-    # M large enough for the set-up-once kernel (atomQuantizeFastKernel; H100, 132 SMs): 512-thread
-    # CTAs at K = 4096 (M >= 2112), 1024-thread CTAs at K = 11008 (M >= 792 with RMSNorm)
+    # Which kernel (H100, 132 SMs): the set-up-once kernel's bandwidth plans from 3/4 of a row per
+    # row group (K = 4096: M >= 792, 512-thread CTAs; K = 11008: M >= 297, 1024-thread CTAs), its
+    # latency plan below that where K <= 4096 (M = 1 / 17 / 16 above), the general kernel for the
+    # rest (K = 11008 M = 255, K = 14336 / 20480, K_o > 128)
     (4500, 4096, 128, 128, torch.float16, 1e-5, 0.9, True),
     (2200, 4096, 128, 64, torch.bfloat16, 1e-6, 1.0, True),
     (1500, 11008, 128, 128, torch.float16, 1e-5, 0.9, True),
     # K > 4096 (13B / 70B hidden sizes): CPT 4 row groups of 160 / 256 threads on the H100
     (1600, 5120, 128, 128, torch.float16, 1e-5, 0.9, True),
     (1100, 8192, 128, 128, torch.bfloat16, 1e-6, 1.0, True),
+    # K = 5120 from M = 2112: CPT 5, eight row groups of 128 threads per 1024-thread CTA
+    (2300, 5120, 128, 128, torch.bfloat16, 1e-5, 0.9, True),
+    (2150, 5120, 128, 64, torch.float16, 1e-6, 1.0, True),
 ]
 
 
@@ -337,13 +342,14 @@ def test_atom_rmsnorm_quantize(cuda_lib, m, k, ko, gs, dtype, eps, clip, use_per
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("m,k,ko,gs,dtype,use_perm", [
-    (1, 4096, 128, 128, torch.float16, True),
+    (1, 4096, 128, 128, torch.float16, True),  # set-up-once kernel, latency plan (CPT 2)
     (1000, 11008, 128, 128, torch.float16, True),
-    (17, 4112, 16, 64, torch.bfloat16, False),
-    (255, 1536, 128, 128, torch.bfloat16, True),
+    (17, 4112, 16, 64, torch.bfloat16, False),  # general kernel (K / 8 > 512)
+    (255, 1536, 128, 128, torch.bfloat16, True),  # latency plan (CPT 1)
     (4500, 4096, 128, 128, torch.float16, True),  # set-up-once kernel, 512-thread CTAs
     (2100, 11008, 128, 128, torch.bfloat16, True),  # set-up-once kernel, 1024-thread CTAs
     (1100, 8192, 128, 128, torch.float16, True),  # CPT 4, 1024-thread CTAs
+    (2300, 5120, 128, 128, torch.float16, True),  # CPT 5, 1024-thread CTAs
 ])
 def test_atom_reorder_quantize(cuda_lib, m, k, ko, gs, dtype, use_perm) -> None:
     g = _gen((m, k, ko, gs, str(dtype), use_perm))
@@ -355,10 +361,11 @@ def test_atom_reorder_quantize(cuda_lib, m, k, ko, gs, dtype, use_perm) -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("m,k", [(2200, 4096), (1500, 11008), (17, 4096)])
+@pytest.mark.parametrize("m,k", [(2200, 4096), (2300, 5120), (1500, 11008), (17, 4096),
+                                 (17, 11008)])
 def test_atom_quantize_zero_groups(cuda_lib, m, k) -> None:
     # Groups whose values are all zero get scale 0 and codes 0 (the set-up-once kernel takes
-    # inv = 0 there instead of a branch; M = 2200 / 1500 reach it, M = 17 the general kernel):
+    # inv = 0 there instead of a branch; all but K = 11008 M = 17, the general kernel, reach it):
     # the first int4 group of every row, one whole row, and the outlier group of another row.
     ko, gs = 128, 128
     g = _gen((m, k, "zero-groups"))
