@@ -22,7 +22,7 @@ from common import atom_perm, copies_for, fmt_us, time_graph  # noqa: E402
 
 from lowbit import ops  # noqa: E402
 
-MS = (1, 16, 256, 1024, 4096, 8192)
+MS = (1, 16, 256, 1024, 2048, 4096, 8192)
 KS = (4096, 5120, 8192, 11008)  # hidden sizes of Llama 7B / 13B / 70B, and the 7B MLP width
 KO, GS = 128, 128
 
