@@ -767,10 +767,10 @@ int launchAtom(const void* x, const void* gamma, const int* perm, float eps, int
       cands[n++] = {8, 512, fastPlan<T>(K, 8, norm, 512)};
       cands[n++] = {8, 1024, fastPlan<T>(K, 8, norm, 1024)};
     }
-    // From 3/4 of a row per group (the measured break-even against the general kernel lies
-    // between 1/2 and 1: K = 4096 / 5120 M = 1024 and K = 8192 / 11008 M = 1024 gain, e.g. K = 4096
-    // M = 1024 11.7 -> 8.9 us, M = 2048 19.0 -> 14.0, K = 8192 M = 1024 20.7 -> 15.0; K = 8192 /
-    // 11008 at M = 256 lose 20-40%; log 23; the rule before asked for two rows per group).
+    // From 3/4 of a row per group: the measured break-even against the general kernel lies
+    // between 1/2 and 1 row. At M = 1024 every K gains or ties (K = 4096 11.9 -> 9.0 us, K = 8192
+    // 20.9 -> 15.3; K = 4096 M = 2048 19.3 -> 14.3); K = 8192 / 11008 at M = 256, below 1/2, were
+    // 20-40% slower with it (log 23; the rule before asked for two rows per group).
     int best = -1, bestThreads = 0;
     for (int i = 0; i < n; ++i) {
       const int ctas = 1024 / cands[i].nt, r = cands[i].p.R;  // CTAs per SM, groups per CTA
