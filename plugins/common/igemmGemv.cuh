@@ -1,6 +1,6 @@
 // Register-streaming int8 tensor-core GEMV/GEMM for small M (decode and small batches: W4A4
-// M <= 64, W8A8 M <= 32), shared by w4a4Gemm and w8a8Gemm. Included by igemmCore.cuh (uses its Problem, Mode, widen4, loadScale8); same operands
-// and math as the tiled kernels.
+// M <= 64, W8A8 M <= 32), shared by w4a4Gemm and w8a8Gemm. Included by igemmCore.cuh (uses its
+// Problem, Mode, widen4, loadScale8); same operands and math as the tiled kernels.
 //
 // Why a second decode kernel: the skinny kernel (cp.async ring in shared memory) spent ~50
 // instructions per 512 B of int4 weights (ring addressing, zero-fill selects, shared-memory

@@ -32,10 +32,10 @@
 //   heads sharing it.
 //   DECODE (T == B, nh/nkv <= 16), the smem path for tiny batches x contexts (decodeRegPath
 //     false; else kv4DecodeKernel below): a CTA = (split, kv head, sequence); rows = the nh/nkv
-//     heads of the group (padded to 16); the 4 warps take 16 tokens each of every tile and merge their
-//     (max, sum, O) in shared memory; the sequence's tiles are split evenly over `splits` CTAs
-//     (flash-decoding), whose partials (o = O / l, lse = m + log2 l) go to the workspace and are
-//     combined by kv4MergeKernel: out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M).
+//     heads of the group (padded to 16); the 4 warps take 16 tokens each of every tile and merge
+//     their (max, sum, O) in shared memory; the sequence's tiles are split evenly over `splits`
+//     CTAs (flash-decoding), whose partials (o = O / l, lse = m + log2 l) go to the workspace and
+//     are combined by kv4MergeKernel: out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M).
 //   PREFILL: a CTA = (128 rows of one sequence, kv head), 8 warps; warp w owns rows 16w..16w+15
 //     and all 64 tokens of each tile; tiles from the window start of the first row to the last
 //     row's position. Scores are masked only in tiles not fully visible to all of a warp's rows.
@@ -1021,7 +1021,10 @@ __global__ void __launch_bounds__(kThreads, 3) kv4DecodeKernel(AttnArgs a) {
           if (row < a.rep)
             x = *reinterpret_cast<const uint4*>(a.q + static_cast<size_t>(row0 + row) * D +
                                                 qd * (D / 4) + 8 * v);
-          qw[r][4 * v] = x.x; qw[r][4 * v + 1] = x.y; qw[r][4 * v + 2] = x.z; qw[r][4 * v + 3] = x.w;
+          qw[r][4 * v] = x.x;
+          qw[r][4 * v + 1] = x.y;
+          qw[r][4 * v + 2] = x.z;
+          qw[r][4 * v + 3] = x.w;
         }
       }
 #pragma unroll

@@ -361,7 +361,7 @@ __global__ void __launch_bounds__(NT, 1024 / NT) atomQuantizeFastKernel(
   T* slotsAll = reinterpret_cast<T*>(sg + (gamma ? K : 0));
   constexpr int kLanes = G / 8;          // lanes per int4 group
   constexpr float kRound = 12582912.0f;  // 1.5 * 2^23
-  // One barrier per row (CPT = 2, 4): the next row's copies are issued after this row's barrier,
+  // One barrier per row (CPT = 2, 4, 5): the next row's copies are issued after this row's barrier,
   // into the slot every thread finished reading before it, and the warp sums alternate between
   // two sets, so the end-of-row barrier goes. K = 4096, M = 4096 / 8192: 24.4 -> 23.8 us /
   // 44.3 -> 43.0 us (NOTES log 20). CPT = 8 keeps two barriers: with one, ptxas spilled (32-byte
@@ -503,8 +503,9 @@ __global__ void __launch_bounds__(NT, 1024 / NT) atomQuantizeFastKernel(
     // Chunk c of this thread. kMay: some thread's chunk c may be an outlier chunk (the span
     // c * Tg .. c * Tg + Tg - 1 reaches Cn); spans of normal chunks only take the kMay = false
     // copy, where the outlier selects (divisor, clamp, store path) compile away: ~6% fewer
-    // instructions per chunk at K = 4096 (NOTES log 19). CPT = 8 (K > 4096 at Tg = 128) keeps one
-    // copy: with two, ptxas spilled (64-byte stack) and K = 11008 took 82 -> 100 us at M = 4096.
+    // instructions per chunk at K = 4096 (NOTES log 19). CPT = 5 and 8 keep one copy: with two,
+    // ptxas spilled (CPT 8: 64-byte stack, K = 11008 82 -> 100 us at M = 4096; CPT 5: 12-20 bytes,
+    // log 23).
     auto chunk = [&](int c, auto mayOutlier) {
       constexpr bool kMay = decltype(mayOutlier)::value;
       const int j = tid + c * Tg;

@@ -303,10 +303,10 @@ ATOM_Q_CASES = [  # (M, K, K_o, G, dtype, eps, clip, use perm)
     (4500, 4096, 128, 128, torch.float16, 1e-5, 0.9, True),
     (2200, 4096, 128, 64, torch.bfloat16, 1e-6, 1.0, True),
     (1500, 11008, 128, 128, torch.float16, 1e-5, 0.9, True),
-    # K > 4096 (13B / 70B hidden sizes): CPT 4 row groups of 160 / 256 threads on the H100
+    # K > 4096 (13B / 70B hidden sizes) on the H100: K = 8192 CPT 4 (row groups of 256 threads);
+    # K = 5120 from M = 792 CPT 5 (eight groups of 128 threads per 1024-thread CTA)
     (1600, 5120, 128, 128, torch.float16, 1e-5, 0.9, True),
     (1100, 8192, 128, 128, torch.bfloat16, 1e-6, 1.0, True),
-    # K = 5120 from M = 2112: CPT 5, eight row groups of 128 threads per 1024-thread CTA
     (2300, 5120, 128, 128, torch.bfloat16, 1e-5, 0.9, True),
     (2150, 5120, 128, 64, torch.float16, 1e-6, 1.0, True),
 ]
