@@ -714,18 +714,11 @@ inline bool wgmmaAvailable() {
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) return false;
   int& c = cached[dev & 63];
-  if (c == 0) {
-    int major = 0, minor = 0;
-    cudaFuncAttributes a{};
-    const bool ok =
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
-        major == 9 && minor == 0 && encodeTiled() != nullptr &&
-        cudaFuncGetAttributes(&a, w8a8WgmmaKernel<256>) == cudaSuccess && a.ptxVersion >= 90 &&
-        a.binaryVersion == 90;
-    if (!ok) cudaGetLastError();
-    c = ok ? 1 : 2;
-  }
+  if (c == 0)
+    c = encodeTiled() != nullptr &&
+                wg::sm90aCode(reinterpret_cast<const void*>(w8a8WgmmaKernel<256>))
+            ? 1
+            : 2;
   return c == 1;
 }
 

@@ -1,8 +1,11 @@
 // Hopper (sm_90a) primitives for the wgmma GEMMs (device code, header only): mbarriers, TMA
-// tile loads, wgmma shared-memory descriptors, warpgroup fences, setmaxnreg, and the s8 x s8 ->
-// s32 wgmma wrappers (m64n256k32 / m64n128k32 with A from shared memory, m64n128k32 with A from
-// registers). Every body is compiled only for sm_90a (LOWBIT_WGMMA_OK); other architectures get
-// empty bodies and the host never launches these kernels there (wgmmaCore.cuh: wgmmaAvailable).
+// tile loads, wgmma shared-memory descriptors, warpgroup fences, setmaxnreg, the s8 x s8 -> s32
+// wgmma wrappers (m64n256k32 / m64n128k32 with A from shared memory, m64n128k32 with A from
+// registers) and the f16 x f16 -> f32 ones of the KV prefill attention (m64n64k16 from shared
+// memory; m64n64k16 / m64n128k16 with A from registers and an MN-major B). Every body is
+// compiled only for sm_90a (LOWBIT_WGMMA_OK); other architectures get empty bodies and the host
+// never launches these kernels there (wgmmaCore.cuh: wgmmaAvailable; kvAttentionKernel.cu:
+// prefillWgmma).
 //
 // Operand layouts used with these wrappers: A and B tiles are K-major ("TN"): rows of M (A) or N
 // (B), K contiguous, in the canonical swizzled layouts that TMA writes:
@@ -16,6 +19,7 @@
 
 #include <cuda.h>  // CUtensorMap (type only; the encoder is fetched through the runtime)
 #include <cuda_fp16.h>
+#include <cuda_runtime.h>
 
 #include <cstdint>
 
@@ -159,9 +163,14 @@ __device__ __forceinline__ void tmaPrefetchDesc(const CUtensorMap* map) {
 // byte offset (unused for swizzled K-major, 1) in 16-29, stride byte offset >> 4 in 32-45, base
 // offset 0 (tiles are 1024-byte aligned), layout in 62-63 (1 = 128B swizzle, 2 = 64B swizzle).
 enum : int { kSw128 = 1, kSw64 = 2 };
-__device__ __forceinline__ uint64_t makeDesc(uint32_t addr, int layout, uint32_t sbo) {
-  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(1) << 16) |
-         (static_cast<uint64_t>(sbo >> 4) << 32) | (static_cast<uint64_t>(layout) << 62);
+// MN-major swizzled operands (the f16 B of wgmmaF16RS*T: rows of 64 N-values per k, 8 k-rows a
+// 1024-byte atom) use lbo: the byte offset between 64-value blocks along N (sbo: between 8-k
+// groups).
+__device__ __forceinline__ uint64_t makeDesc(uint32_t addr, int layout, uint32_t sbo,
+                                             uint32_t lbo = 16) {
+  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) |
+         (static_cast<uint64_t>(lbo >> 4) << 16) | (static_cast<uint64_t>(sbo >> 4) << 32) |
+         (static_cast<uint64_t>(layout) << 62);
 }
 __device__ __forceinline__ void wgFence() {
 #if defined(LOWBIT_WGMMA_OK)
@@ -350,6 +359,99 @@ __device__ __forceinline__ void wgmmaRS64(int (&d)[32], const uint32_t (&a)[4], 
         , "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(scaleD));
 #endif
+}
+
+// ---- generated wgmma wrappers (f16 x f16 -> f32) ----
+// Accumulators as [N/8][4]: d[j][e] = row 16 w + lane / 4 + 8 (e >= 2), column 8 j + 2 (lane % 4)
+// + (e & 1) of the warpgroup's 64 x N tile (warp w): the m16n8 C layout of mma.sync, per n8 block.
+template <int R>
+__device__ __forceinline__ void fenceRegs(uint32_t (&d)[R][4]) {
+#pragma unroll
+  for (int i = 0; i < R; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(d[i][e])::"memory");
+}
+template <int R>
+__device__ __forceinline__ void fenceRegs(float (&d)[R][4]) {
+#pragma unroll
+  for (int i = 0; i < R; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(d[i][e])::"memory");
+}
+
+// D[64 x 64] (f32) (+)= A[64 x 16] (f16, smem desc, K-major) * B[64 x 16]^T (f16, smem desc, K-major)
+__device__ __forceinline__ void wgmmaF16SS64(float (&d)[8][4], uint64_t da, uint64_t db, int scaleD) {
+#if defined(LOWBIT_WGMMA_OK)
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+      "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3])
+        , "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3])
+        , "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3])
+        , "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+      : "l"(da), "l"(db), "r"(scaleD));
+#endif
+}
+
+// D[64 x 64] (f32) (+)= A[64 x 16] (f16, registers a[4]: the m16n8k16 A fragment of the warp's 16
+// rows) * B[16 x 64] (f16, smem desc, MN-major: N contiguous, transposed by the hardware)
+__device__ __forceinline__ void wgmmaF16RS64T(float (&d)[8][4], const uint32_t (&a)[4], uint64_t db, int scaleD) {
+#if defined(LOWBIT_WGMMA_OK)
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+      "}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3])
+        , "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3])
+        , "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3])
+        , "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(scaleD));
+#endif
+}
+
+// D[64 x 128] (f32) (+)= A[64 x 16] (f16, registers a[4]: the m16n8k16 A fragment of the warp's 16
+// rows) * B[16 x 128] (f16, smem desc, MN-major: N contiguous, transposed by the hardware)
+__device__ __forceinline__ void wgmmaF16RS128T(float (&d)[16][4], const uint32_t (&a)[4], uint64_t db, int scaleD) {
+#if defined(LOWBIT_WGMMA_OK)
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+      "}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3])
+        , "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3])
+        , "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3])
+        , "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+        , "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3])
+        , "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3])
+        , "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3])
+        , "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(scaleD));
+#endif
+}
+
+// ---- host ---------------------------------------------------------------------------------------
+// True on a compute capability 9.0 device when `kernel` was compiled to sm_90a code (not a JIT of
+// older PTX, where the bodies above are empty). Callers cache the answer per device.
+inline bool sm90aCode(const void* kernel) {
+  int dev = 0, major = 0, minor = 0;
+  cudaFuncAttributes fa{};
+  const bool ok =
+      cudaGetDevice(&dev) == cudaSuccess &&
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
+      major == 9 && minor == 0 && cudaFuncGetAttributes(&fa, kernel) == cudaSuccess &&
+      fa.ptxVersion >= 90 && fa.binaryVersion == 90;
+  if (!ok) cudaGetLastError();
+  return ok;
 }
 
 }  // namespace wg

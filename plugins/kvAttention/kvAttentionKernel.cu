@@ -39,6 +39,9 @@
 //   PREFILL: a CTA = (128 rows of one sequence, kv head), 8 warps; warp w owns rows 16w..16w+15
 //     and all 64 tokens of each tile; tiles from the window start of the first row to the last
 //     row's position. Scores are masked only in tiles not fully visible to all of a warp's rows.
+//     On sm_90a the prefill runs kv4PrefillWgmmaKernel instead (the same CTAs, rows and values;
+//     warp-specialized producers and wgmma consumers, see there); this one serves sm_80 / sm_89
+//     and LOWBIT_KV_PREFILL_KERNEL=mma.
 //   Masked scores (outside [max(0, p - window + 1), p], or tokens outside the sequence) are -inf;
 //   the V rows of tokens outside the CTA's range are zero in shared memory (no NaN from stale
 //   pool bytes). Rows with no visible token (padding) are not written.
@@ -47,6 +50,8 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <initializer_list>
 #include <type_traits>
 
@@ -54,6 +59,7 @@
 #include "common/cudaCheck.h"
 #include "common/divConst.cuh"
 #include "common/pdl.cuh"
+#include "common/wgmmaOps.cuh"
 
 namespace lowbit {
 namespace {
@@ -138,6 +144,81 @@ __device__ __forceinline__ void rowMaxStep(float& m0, float& m1, float mx0, floa
   r1 = ex2(m1 - u1);
   m0 = mx0;
   m1 = mx1;
+}
+
+// One online-softmax step of a warp's S tile (rows r, r + 8 of its 16; tokens j0 + 8 i + 2 qd +
+// {0, 1}, i < NS): scores outside [lo, hi), after the row's position p or outside its window
+// become -inf (VOTE: only when some row of the warp may not see all tokens of the tile: in a
+// causal prefill most tiles are fully visible, NOTES log 15; padding rows, p = -1, are never
+// stored and do not force the mask); then m, l advance and s becomes P = 2^(fma(s, scale, -u))
+// in fp32 (base 2 on t = s log2(e)/sqrt(d), one fma + ex2 per probability). Returns in c0 / c1
+// the factors for the rows' O accumulators.
+template <int NS, bool VOTE>
+__device__ __forceinline__ void softmaxStep(float (&s)[NS][4], int j0, int qd, int pos0,
+                                            int pos1, int lo, int hi, int window, float scale,
+                                            float& m0, float& m1, float& l0, float& l1,
+                                            float& c0, float& c1) {
+  bool fullTile = false;
+  if constexpr (VOTE) {
+    const int j1 = j0 + 8 * NS - 1;
+    const bool rowsSee = (pos0 < 0 || (j1 <= pos0 && (window <= 0 || j0 > pos0 - window))) &&
+                         (pos1 < 0 || (j1 <= pos1 && (window <= 0 || j0 > pos1 - window)));
+    fullTile = __all_sync(0xffffffffu, rowsSee && j0 >= lo && j1 < hi);
+  }
+  if (!fullTile) {
+#pragma unroll
+    for (int i = 0; i < NS; ++i) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int j = j0 + i * 8 + 2 * qd + (e & 1);
+        const int p = e < 2 ? pos0 : pos1;
+        const bool ok = j >= lo && j < hi && j <= p && (window <= 0 || j > p - window);
+        if (!ok) s[i][e] = -INFINITY;
+      }
+    }
+  }
+  float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+  for (int i = 0; i < NS; ++i) {
+    mx0 = fmaxf(mx0, fmaxf(s[i][0], s[i][1]));
+    mx1 = fmaxf(mx1, fmaxf(s[i][2], s[i][3]));
+  }
+  float u0, u1;
+  rowMaxStep(m0, m1, mx0, mx1, scale, u0, u1, c0, c1);
+  l0 *= c0;
+  l1 *= c1;
+#pragma unroll
+  for (int i = 0; i < NS; ++i) {
+    s[i][0] = ex2(fmaf(s[i][0], scale, -u0));
+    s[i][1] = ex2(fmaf(s[i][1], scale, -u0));
+    s[i][2] = ex2(fmaf(s[i][2], scale, -u1));
+    s[i][3] = ex2(fmaf(s[i][3], scale, -u1));
+    l0 += s[i][0] + s[i][1];
+    l1 += s[i][2] + s[i][3];
+  }
+}
+
+// Sums of the rows' l over the quad of lanes that share them.
+__device__ __forceinline__ void quadSum(float& l0, float& l1) {
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+}
+// Prefill epilogue of a warp's rows r, r + 8 (quad-summed l): fp16(O / l) to out + off0 / off1,
+// channels 8 i + 2 qd + {0, 1}; padding rows (position -1) are not written.
+template <int NO>
+__device__ __forceinline__ void storeRows(const float (&o)[NO][4], float l0, float l1, int pos0,
+                                          int pos1, int off0, int off1, int qd, __half* out) {
+  const float i0 = l0 > 0.f ? 1.f / l0 : 0.f, i1 = l1 > 0.f ? 1.f / l1 : 0.f;
+#pragma unroll
+  for (int i = 0; i < NO; ++i) {
+    const int ch = i * 8 + 2 * qd;
+    if (pos0 >= 0)
+      *reinterpret_cast<uint32_t*>(out + off0 + ch) = packHalf2(o[i][0] * i0, o[i][1] * i0);
+    if (pos1 >= 0)
+      *reinterpret_cast<uint32_t*>(out + off1 + ch) = packHalf2(o[i][2] * i1, o[i][3] * i1);
+  }
 }
 
 __device__ __forceinline__ __half2 u2h2(uint32_t u) { return *reinterpret_cast<__half2*>(&u); }
@@ -444,6 +525,65 @@ __device__ __forceinline__ void loadTile(const AttnArgs& a, int b, int h, int ti
   }
 }
 
+// Prefill CTA x -> (sequence b, QR-row tile): tiles_b = ceil(n_b rep / QR), in sequence order. x
+// runs backwards over the grid: per kv head, a sequence's last rows (the most KV tiles under the
+// causal mask) start first and the shortest CTAs fill the tail (NOTES log 15; all heads of a row
+// tile before the next tile was slower at 512 and 4096 tokens: less L2 reuse of K/V). Threads
+// 0 <= tid < QR fill rowPos / rowOff of their row; [lo, hi) = the KV positions some row sees. False for a
+// CTA past the last tile (the grid is an upper bound).
+template <int D, int QR>
+__device__ __forceinline__ bool prefillRows(const AttnArgs& a, int h, int tid, int* rowPos,
+                                            int* rowOff, int& b, int& lo, int& hi) {
+  int x = gridDim.x - 1 - blockIdx.x;
+  b = -1;
+  for (int s = 0; s < a.B; ++s) {
+    const int nb = a.seq_offsets[s + 1] - a.seq_offsets[s];
+    const int tiles = (nb * a.rep + QR - 1) / QR;
+    if (x < tiles) { b = s; break; }
+    x -= tiles;
+  }
+  if (b < 0) return false;
+  const int off = a.seq_offsets[b], nb = a.seq_offsets[b + 1] - off;
+  const int r0 = x * QR;
+  if (static_cast<unsigned>(tid) < QR) {  // (tid < 0: a thread that fills no row)
+    const int gr = r0 + tid, tok = gr / a.rep;
+    rowPos[tid] = tok < nb ? a.positions[off + tok] : -1;
+    rowOff[tid] = ((off + tok) * a.nh + h * a.rep + gr % a.rep) * D;
+  }
+  const int tokLast = (r0 + QR - 1) / a.rep < nb - 1 ? (r0 + QR - 1) / a.rep : nb - 1;
+  const int pFirst = a.positions[off + r0 / a.rep], pLast = a.positions[off + tokLast];
+  lo = a.window > 0 && pFirst - a.window + 1 > 0 ? pFirst - a.window + 1 : 0;
+  hi = pLast + 1;
+  return true;
+}
+
+// Dequantizes raw stage `st` (tile `tile`) into fp16 K and V tiles: the thread handles code word
+// dj (channels 8 dj .. 8 dj + 7) of token rows dt0, dt0 + NTH / (D/8), ..., so its K and V group
+// indices kgi, vgi are fixed; the 8 values of (token tk, word dj) go to byte off(tk, dj) of Ks and
+// of Vs. Tokens outside [lo, hi) are written as zeros (no NaN from stale pool bytes): every row is
+// dequantized and the zeros selected after, so the rows' loads and math interleave (a branch per
+// row kept them apart).
+template <int D, int NTH, int UNROLL, class Off>
+__device__ __forceinline__ void dequantTile(const AttnArgs& a, const uint8_t* st, int tile, int lo,
+                                            int hi, int dj, int dt0, int kgi, int vgi, int ngk,
+                                            int ngv, uint8_t* Ks, uint8_t* Vs, Off off) {
+  constexpr int rowB = D / 2;
+  const __half* pr = reinterpret_cast<const __half*>(st + 2 * kTile * rowB);
+#pragma unroll UNROLL
+  for (int tk = dt0; tk < kTile; tk += NTH / (D / 8)) {
+    const int pos = tile * kTile + tk;
+    const uint32_t kw = *reinterpret_cast<const uint32_t*>(st + tk * rowB + dj * 4);
+    const uint32_t vw = *reinterpret_cast<const uint32_t*>(st + kTile * rowB + tk * rowB + dj * 4);
+    const __half* pt = pr + tk * a.P;
+    uint4 kv = dequant8(kw, __half2half2(pt[kgi]), __half2half2(pt[ngk + kgi]));
+    uint4 vv = dequant8(vw, __half2half2(pt[2 * ngk + vgi]), __half2half2(pt[2 * ngk + ngv + vgi]));
+    if (pos < lo || pos >= hi) kv = vv = make_uint4(0, 0, 0, 0);
+    const int o = off(tk, dj);
+    *reinterpret_cast<uint4*>(Ks + o) = kv;
+    *reinterpret_cast<uint4*>(Vs + o) = vv;
+  }
+}
+
 // Prefill CTAs: 8 warps, 128 query rows (one dequantized K/V tile serves twice the rows of the
 // 4-warp decode CTA; NOTES log 15).
 constexpr int kPrefillThreads = 256;
@@ -460,7 +600,6 @@ __global__ void __launch_bounds__(DECODE ? kThreads : kPrefillThreads)
   constexpr int KS = D / 16;             // k steps of Q K^T
   constexpr int NS = NT / 8;             // n8 tiles of S per warp
   constexpr int NO = D / 8;              // n8 tiles of O
-  constexpr int rowB = D / 2;
   constexpr int WPR = D / 8;             // code words per token row
   extern __shared__ __align__(16) uint8_t smem[];
   __half* Ks = reinterpret_cast<__half*>(smem);
@@ -493,30 +632,7 @@ __global__ void __launch_bounds__(DECODE ? kThreads : kPrefillThreads)
     t0 = first + split * per;
     t1 = t0 + per < first + n ? t0 + per : first + n;
   } else {
-    // CTA x -> (sequence b, QR-row tile): tiles_b = ceil(n_b rep / QR), in sequence order. x runs
-    // backwards over the grid: per kv head, a sequence's last rows (the most KV tiles under the
-    // causal mask) start first and the shortest CTAs fill the tail (NOTES log 15; all heads of a
-    // row tile before the next tile was slower at 512 and 4096 tokens: less L2 reuse of K/V).
-    int x = gridDim.x - 1 - blockIdx.x;
-    b = -1;
-    for (int s = 0; s < a.B; ++s) {
-      const int nb = a.seq_offsets[s + 1] - a.seq_offsets[s];
-      const int tiles = (nb * a.rep + QR - 1) / QR;
-      if (x < tiles) { b = s; break; }
-      x -= tiles;
-    }
-    if (b < 0) return;  // grid is an upper bound
-    const int off = a.seq_offsets[b], nb = a.seq_offsets[b + 1] - off;
-    const int r0 = x * QR;
-    if (tid < QR) {
-      const int gr = r0 + tid, tok = gr / a.rep;
-      rowPos[tid] = tok < nb ? a.positions[off + tok] : -1;
-      rowOff[tid] = ((off + tok) * a.nh + h * a.rep + gr % a.rep) * D;
-    }
-    const int tokLast = (r0 + QR - 1) / a.rep < nb - 1 ? (r0 + QR - 1) / a.rep : nb - 1;
-    const int pFirst = a.positions[off + r0 / a.rep], pLast = a.positions[off + tokLast];
-    lo = a.window > 0 && pFirst - a.window + 1 > 0 ? pFirst - a.window + 1 : 0;
-    hi = pLast + 1;
+    if (!prefillRows<D, QR>(a, h, tid, rowPos, rowOff, b, lo, hi)) return;
     t0 = lo / kTile;
     t1 = (hi - 1) / kTile + 1;
   }
@@ -558,23 +674,9 @@ __global__ void __launch_bounds__(DECODE ? kThreads : kPrefillThreads)
   for (int tile = t0; tile < t1; ++tile) {
     cpAsyncWait<1>();
     __syncthreads();
-    const uint8_t* st = raw + ((tile - t0) & 1) * stageB;
-    const __half* pr = reinterpret_cast<const __half*>(st + 2 * kTile * rowB);
-#pragma unroll 4
-    for (int tk = dt0; tk < kTile; tk += kTh / WPR) {
-      const int pos = tile * kTile + tk;
-      uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
-      if (pos >= lo && pos < hi) {
-        const uint32_t kw = *reinterpret_cast<const uint32_t*>(st + tk * rowB + dj * 4);
-        const uint32_t vw =
-            *reinterpret_cast<const uint32_t*>(st + kTile * rowB + tk * rowB + dj * 4);
-        const __half* pt = pr + tk * a.P;
-        kv = dequant8(kw, __half2half2(pt[kgi]), __half2half2(pt[ngk + kgi]));
-        vv = dequant8(vw, __half2half2(pt[2 * ngk + vgi]), __half2half2(pt[2 * ngk + ngv + vgi]));
-      }
-      *reinterpret_cast<uint4*>(Ks + tk * LD + dj * 8) = kv;
-      *reinterpret_cast<uint4*>(Vs + tk * LD + dj * 8) = vv;
-    }
+    dequantTile<D, kTh, 4>(a, raw + ((tile - t0) & 1) * stageB, tile, lo, hi, dj, dt0, kgi, vgi,
+                        ngk, ngv, reinterpret_cast<uint8_t*>(Ks), reinterpret_cast<uint8_t*>(Vs),
+                        [](int tk, int j) { return (tk * LD + j * 8) * 2; });
     __syncthreads();
     if (tile + 2 < t1)
       loadTile<D, kTh>(a, b, h, tile + 2, lo, hi, raw + ((tile - t0) & 1) * stageB, tid);
@@ -596,56 +698,14 @@ __global__ void __launch_bounds__(DECODE ? kThreads : kPrefillThreads)
         mma16816(s[2 * np + 1], qf[ks], kb[2], kb[3]);
       }
     }
-    // Prefill masks only where some score of the warp's tokens [j0, j0 + NT) may be hidden from
-    // one of its rows (the window edges, the causal diagonal, tiles past a chunk's end): in a
-    // causal prefill most tiles are fully visible (NOTES log 15). Padding rows (position -1) are
-    // never stored, so they do not force the mask. Decode (8 scores per thread) always masks: the
-    // vote gained nothing there.
-    const int j0 = tile * kTile + tokBase;
-    bool fullTile = false;
-    if constexpr (!DECODE) {
-      const int j1 = j0 + NT - 1;
-      const bool rowsSee =
-          (pos0 < 0 || (j1 <= pos0 && (a.window <= 0 || j0 > pos0 - a.window))) &&
-          (pos1 < 0 || (j1 <= pos1 && (a.window <= 0 || j0 > pos1 - a.window)));
-      fullTile = __all_sync(0xffffffffu, rowsSee && j0 >= lo && j1 < hi);
-    }
-    if (!fullTile) {
-#pragma unroll
-      for (int i = 0; i < NS; ++i) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int j = j0 + i * 8 + 2 * qd + (e & 1);
-          const int p = e < 2 ? pos0 : pos1;
-          const bool ok = j >= lo && j < hi && j <= p && (a.window <= 0 || j > p - a.window);
-          if (!ok) s[i][e] = -INFINITY;
-        }
-      }
-    }
-    // online softmax in base 2 on t = s log2(e)/sqrt(d) (rows r and r + 8 of this warp), each
-    // probability one fma + ex2: 2^(fma(s, scale, -u))
-    float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-    for (int i = 0; i < NS; ++i) {
-      mx0 = fmaxf(mx0, fmaxf(s[i][0], s[i][1]));
-      mx1 = fmaxf(mx1, fmaxf(s[i][2], s[i][3]));
-    }
-    float u0, u1, c0, c1;
-    rowMaxStep(m0, m1, mx0, mx1, a.scale_log2, u0, u1, c0, c1);
-    l0 *= c0;
-    l1 *= c1;
+    // masks (prefill: only in tiles some row of the warp may not fully see; decode, 8 scores per
+    // thread, always: the vote gained nothing there) and the online-softmax step
+    float c0, c1;
+    softmaxStep<NS, !DECODE>(s, tile * kTile + tokBase, qd, pos0, pos1, lo, hi, a.window,
+                             a.scale_log2, m0, m1, l0, l1, c0, c1);
 #pragma unroll
     for (int i = 0; i < NO; ++i) {
       o[i][0] *= c0; o[i][1] *= c0; o[i][2] *= c1; o[i][3] *= c1;
-    }
-#pragma unroll
-    for (int i = 0; i < NS; ++i) {
-      s[i][0] = ex2(fmaf(s[i][0], a.scale_log2, -u0));
-      s[i][1] = ex2(fmaf(s[i][1], a.scale_log2, -u0));
-      s[i][2] = ex2(fmaf(s[i][2], a.scale_log2, -u1));
-      s[i][3] = ex2(fmaf(s[i][3], a.scale_log2, -u1));
-      l0 += s[i][0] + s[i][1];
-      l1 += s[i][2] + s[i][3];
     }
     // O += P V
 #pragma unroll
@@ -667,22 +727,10 @@ __global__ void __launch_bounds__(DECODE ? kThreads : kPrefillThreads)
     __syncthreads();
   }
   cpAsyncWait<0>();
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  quadSum(l0, l1);
 
   if constexpr (!DECODE) {
-    const float i0 = l0 > 0.f ? 1.f / l0 : 0.f, i1 = l1 > 0.f ? 1.f / l1 : 0.f;
-    const int off0 = rowOff[rowBase + r], off1 = rowOff[rowBase + r + 8];
-#pragma unroll
-    for (int i = 0; i < NO; ++i) {
-      const int ch = i * 8 + 2 * qd;
-      if (pos0 >= 0)
-        *reinterpret_cast<uint32_t*>(a.out + off0 + ch) = packHalf2(o[i][0] * i0, o[i][1] * i0);
-      if (pos1 >= 0)
-        *reinterpret_cast<uint32_t*>(a.out + off1 + ch) = packHalf2(o[i][2] * i1, o[i][3] * i1);
-    }
+    storeRows(o, l0, l1, pos0, pos1, rowOff[rowBase + r], rowOff[rowBase + r + 8], qd, a.out);
   } else {
     // merge the 4 warps' states (same rows, disjoint tokens) through shared memory (Ks/Vs area)
     __syncthreads();
@@ -725,6 +773,210 @@ __global__ void __launch_bounds__(DECODE ? kThreads : kPrefillThreads)
       }
     }
   }
+}
+
+// ---- prefill on wgmma (sm_90a) ----------------------------------------------------------------
+// kv4PrefillWgmmaKernel<D>: the prefill CTA of kv4AttentionKernel<D, false> (128 query rows of one
+// sequence x kv head: the same rows, tiles, dequantized values, masks and softmax), warp-
+// specialized (NOTES log 24):
+//   warpgroups 0, 1 (producers, 56 registers): loadTile's cp.async of the raw codes + params two
+//     tiles ahead (3 raw stages); all 256 threads dequantize tile i into fp16 stage i % 3 (3
+//     stages of K and V), fence.proxy.async, arrive on FULL[i % 3];
+//   warpgroups 2, 3 (consumers, 200 registers, rows 0..63 / 64..127): per tile, wait FULL, then
+//     S[64 x 64] = Q K^T  wgmma m64n64k16, A = Q, B = K from shared memory (K-major), D/16 steps
+//     O[64 x D] += P V    wgmma m64nDk16, A = fp16(P) from registers, B = V from shared memory
+//                         (MN-major, transposed by the hardware), 4 steps of 16 tokens
+//     and arrive on EMPTY[i % 3] (the producers wait on it before refilling the stage). Consumer
+//     warp w keeps rows 16w..16w+15: the wgmma m64nN f32 accumulator is the m16n8 C layout per
+//     warp and n8 block, and the register A of m64k16 is the m16n8k16 A fragment, so the fragment
+//     code is the mma.sync kernel's.
+// Named barriers: FULL[s] (producers arrive, consumers sync), EMPTY[s] (the reverse; only for
+// tiles the producers will still write), one for the producers, one for the consumers.
+// Shared fp16 tiles (Q of each consumer warpgroup [64 rows][D], K and V [64 tokens][D]) in the
+// 128B-swizzled layout: 64-channel blocks of 64 rows x 128 B (8 KiB), row r's 16-byte chunk c at
+// c ^ (r & 7). Q and K rows are K-major operands (SBO 1024: 8-row groups); V's rows are its k rows
+// of 64 channels (SBO 1024: 8-token groups, LBO 8192: the next 64 channels).
+namespace wgp {
+constexpr int kBlk = 64 * 128;  // bytes of one 64-channel block of a 64-row tile
+constexpr int kProducers = 256;              // 2 producer warpgroups (one: 5% slower, NOTES log 24)
+constexpr int kThreads = kProducers + 256;  // + 2 consumer warpgroups
+constexpr int kRawStages = 3;  // cp.async two tiles ahead + the one being dequantized
+constexpr int kStages = 3;      // fp16 K/V stages
+// named barrier ids: FULL[3], EMPTY[3], the producers', the consumers'
+constexpr int kFull = 1, kEmpty = 4, kProd = 7, kCons = 8;
+__device__ __forceinline__ int swz(int row, int chunk) {  // byte offset inside a block
+  return row * 128 + ((chunk ^ (row & 7)) << 4);
+}
+template <int D>
+struct Smem {
+  static constexpr int kTileB = (D / 64) * kBlk;  // one K, V, or warpgroup Q tile
+  static constexpr int rawBytes(int P) { return kTile * D + kTile * P * 2; }
+  static constexpr int bytes(int P) {  // + 1024: the base is aligned up to 1024
+    return 1024 + (2 + 2 * kStages) * kTileB + kRawStages * rawBytes(P) + kPrefillRows * 8;
+  }
+};
+__device__ __forceinline__ void barSync(int id, int n) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory");
+}
+__device__ __forceinline__ void barArrive(int id, int n) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(n) : "memory");
+}
+}  // namespace wgp
+
+template <int D>
+__global__ void __launch_bounds__(wgp::kThreads, 1) kv4PrefillWgmmaKernel(AttnArgs a) {
+#if defined(LOWBIT_WGMMA_OK)
+  constexpr int QR = kPrefillRows, kTh = wgp::kThreads;
+  constexpr int KS = D / 16;     // k steps of Q K^T
+  constexpr int NS = kTile / 8;  // n8 tiles of S per warp
+  constexpr int NO = D / 8;      // n8 tiles of O
+  constexpr int WPR = D / 8;     // code words (and 16-byte chunks of fp16) per token row
+  constexpr int kTileB = wgp::Smem<D>::kTileB;
+  extern __shared__ __align__(16) uint8_t smemRaw[];
+  uint8_t* Qs = smemRaw + ((1024u - (smemAddr(smemRaw) & 1023u)) & 1023u);  // [2] Q tiles
+  uint8_t* KVs = Qs + 2 * kTileB;  // [kStages] K tile, V tile
+  uint8_t* raw = KVs + 2 * wgp::kStages * kTileB;  // [kRawStages]
+  const int rawB = wgp::Smem<D>::rawBytes(a.P);
+  int* rowPos = reinterpret_cast<int*>(raw + wgp::kRawStages * rawB);
+  int* rowOff = rowPos + QR;
+
+  const int tid = threadIdx.x, lane = tid & 31;
+  const int h = blockIdx.y;
+  int b, lo, hi;
+  // the consumers fill rowPos / rowOff and load Q while the producers start the first tiles
+  if (!prefillRows<D, QR>(a, h, tid - wgp::kProducers, rowPos, rowOff, b, lo, hi)) return;
+  const int t0 = lo / kTile, t1 = (hi - 1) / kTile + 1;
+  if (tid < wgp::kProducers) {
+    // ---- producers: raw tiles two ahead by cp.async, tile i dequantized into fp16 stage i % 3 ----
+    loadTile<D, wgp::kProducers>(a, b, h, t0, lo, hi, raw, tid);
+    cpAsyncCommit();
+    if (t1 > t0 + 1) loadTile<D, wgp::kProducers>(a, b, h, t0 + 1, lo, hi, raw + rawB, tid);
+    cpAsyncCommit();
+    wg::setMaxRegsDec<56>();  // 256 x 56 + 256 x 200 registers = the SM's 64 Ki
+    const int dj = tid % WPR, dt0 = tid / WPR;
+    const int ngk = D / a.gk, ngv = D / a.gv;
+    const int kgi = dj * 8 / a.gk, vgi = dj * 8 / a.gv;
+    for (int tile = t0; tile < t1; ++tile) {
+      const int i = tile - t0, s = i % wgp::kStages, rs = i % wgp::kRawStages;
+      cpAsyncWait<1>();
+      wgp::barSync(wgp::kProd, wgp::kProducers);  // tile i landed (all producers' copies), and
+                                                  // all are done reading raw stage (i + 2) % 3
+      if (tile + 2 < t1)
+        loadTile<D, wgp::kProducers>(a, b, h, tile + 2, lo, hi,
+                                     raw + ((i + 2) % wgp::kRawStages) * rawB, tid);
+      cpAsyncCommit();
+      if (i >= wgp::kStages) wgp::barSync(wgp::kEmpty + s, kTh);  // consumers done with i - 3
+      uint8_t* Ks = KVs + s * 2 * kTileB;
+      dequantTile<D, wgp::kProducers, kTile * (D / 8) / wgp::kProducers>(
+          a, raw + rs * rawB, tile, lo, hi, dj, dt0, kgi, vgi, ngk, ngv, Ks, Ks + kTileB,
+          [](int tk, int j) { return (j >> 3) * wgp::kBlk + wgp::swz(tk, j & 7); });
+      wg::fenceProxyAsync();  // the generic-proxy stores above -> wgmma's (async proxy) reads
+      wgp::barArrive(wgp::kFull + s, kTh);
+    }
+    cpAsyncWait<0>();
+    return;
+  }
+  // ---- consumers ----
+  // Software pipeline per tile i (FA3's intra-warpgroup overlap): S_{i+1} = Q K_{i+1} and O +=
+  // P_i V_i are issued together; the softmax of S_{i+1} runs while P_i V_i is on the tensor
+  // cores, then O *= c_{i+1} once P_i V_i has landed (O_i = O_{i-1} c_i + P_i V_i,
+  // c_i = 2^(m_{i-1} - m_i)).
+  wg::setMaxRegsInc<200>();
+  const int ctid = tid - wgp::kProducers;
+  wgp::barSync(wgp::kCons, 256);  // rowPos / rowOff
+  // Q rows -> the consumer warpgroups' swizzled tiles (zero rows for padding)
+  for (int c = ctid; c < QR * WPR; c += 256) {
+    const int r = c / WPR, j = c % WPR, rr = r & 63;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (rowPos[r] >= 0) v = *reinterpret_cast<const uint4*>(a.q + rowOff[r] + j * 8);
+    *reinterpret_cast<uint4*>(Qs + (r >> 6) * kTileB + (j >> 3) * wgp::kBlk +
+                              wgp::swz(rr, j & 7)) = v;
+  }
+  wg::fenceProxyAsync();
+  wgp::barSync(wgp::kCons, 256);
+  const int warp = ctid >> 5, wg = warp >> 2;
+  const uint32_t qBase = smemAddr(Qs + wg * kTileB);
+  const int rowBase = warp * 16;
+  const int r = lane >> 2, qd = lane & 3;
+  const int pos0 = rowPos[rowBase + r], pos1 = rowPos[rowBase + r + 8];
+  float o[NO][4];
+#pragma unroll
+  for (int i = 0; i < NO; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+  float sc[NS][4];
+  uint32_t pa[kTile / 16][4];  // fp16 P of the tile whose P V is issued
+  // S = Q K^T of stage st (k step ks: 16 channels = 32 bytes inside a 128-byte row of block ks/4)
+  auto issueS = [&](int st) {
+    const uint32_t kBase = smemAddr(KVs + st * 2 * kTileB);
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+      const uint32_t off = (ks >> 2) * wgp::kBlk + (ks & 3) * 32;
+      wg::wgmmaF16SS64(sc, wg::makeDesc(qBase + off, wg::kSw128, 1024),
+                       wg::makeDesc(kBase + off, wg::kSw128, 1024), ks > 0);
+    }
+    wg::wgCommit();
+  };
+  auto softmax = [&](int tile, float& c0, float& c1) {
+    softmaxStep<NS, true>(sc, tile * kTile, qd, pos0, pos1, lo, hi, a.window, a.scale_log2, m0,
+                          m1, l0, l1, c0, c1);
+  };
+  // P (fp32 in sc) -> the m16n8k16 A fragments of the P V steps
+  auto packP = [&]() {
+#pragma unroll
+    for (int kk = 0; kk < kTile / 16; ++kk) {
+      pa[kk][0] = packHalf2(sc[2 * kk][0], sc[2 * kk][1]);
+      pa[kk][1] = packHalf2(sc[2 * kk][2], sc[2 * kk][3]);
+      pa[kk][2] = packHalf2(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+      pa[kk][3] = packHalf2(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+    }
+  };
+  {
+    float c0, c1;
+    wgp::barSync(wgp::kFull, kTh);
+    wg::wgFence();
+    issueS(0);
+    wg::wgWait<0>();
+    wg::fenceRegs(sc);
+    softmax(t0, c0, c1);  // O = 0: no rescale
+    packP();
+  }
+  // O += P V of stage st (k step kk: tokens 16 kk .. 16 kk + 15 = two 8-token groups, 2048 B)
+  auto issuePV = [&](int st) {
+    const uint32_t vBase = smemAddr(KVs + (st * 2 + 1) * kTileB);
+#pragma unroll
+    for (int kk = 0; kk < kTile / 16; ++kk) {
+      const uint64_t dv = wg::makeDesc(vBase + kk * 2048, wg::kSw128, 1024, wgp::kBlk);
+      if constexpr (D == 128) wg::wgmmaF16RS128T(o, pa[kk], dv, 1);
+      else wg::wgmmaF16RS64T(o, pa[kk], dv, 1);
+    }
+    wg::wgCommit();
+  };
+  for (int tile = t0; tile + 1 < t1; ++tile) {
+    const int i = tile - t0, st = i % wgp::kStages, sn = (i + 1) % wgp::kStages;
+    wgp::barSync(wgp::kFull + sn, kTh);
+    wg::wgFence();
+    issueS(sn);
+    issuePV(st);
+    float c0, c1;
+    wg::wgWait<1>();  // S_{i+1} landed; P_i V_i may still run: it reads pa and writes o, so both
+    wg::fenceRegs(sc);  // are touched only after wgWait<0> (else ptxas serializes every wgmma)
+    softmax(tile + 1, c0, c1);
+    wg::wgWait<0>();
+    wg::fenceRegs(o);
+    if (tile + wgp::kStages < t1) wgp::barArrive(wgp::kEmpty + st, kTh);
+#pragma unroll
+    for (int i2 = 0; i2 < NO; ++i2) {
+      o[i2][0] *= c0; o[i2][1] *= c0; o[i2][2] *= c1; o[i2][3] *= c1;
+    }
+    packP();
+  }
+  wg::wgFence();
+  issuePV((t1 - 1 - t0) % wgp::kStages);
+  wg::wgWait<0>();
+  wg::fenceRegs(o);
+  quadSum(l0, l1);
+  storeRows(o, l0, l1, pos0, pos1, rowOff[rowBase + r], rowOff[rowBase + r + 8], qd, a.out);
+#endif
 }
 
 // out[t_b, head] = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M), one CTA per (sequence, head)
@@ -1326,6 +1578,21 @@ DecodePlan decodePlan(int B, const lowbitKv4Layout* L) {
   return p;
 }
 
+// True on a compute capability 9.0 device when this library carries sm_90a code for the wgmma
+// prefill kernel (elsewhere its body is empty and the mma.sync kernel runs; cached per device),
+// unless the environment sets LOWBIT_KV_PREFILL_KERNEL=mma (read at every call: the tests run the
+// portable kernel on a Hopper GPU with it).
+inline bool prefillWgmma() {
+  const char* force = std::getenv("LOWBIT_KV_PREFILL_KERNEL");
+  if (force && std::strcmp(force, "mma") == 0) return false;
+  static int cached[64] = {0};  // 0 unknown, 1 yes, 2 no
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  int& c = cached[dev & 63];
+  if (c == 0) c = wg::sm90aCode(reinterpret_cast<const void*>(kv4PrefillWgmmaKernel<128>)) ? 1 : 2;
+  return c == 1;
+}
+
 template <int D, bool DECODE>
 int launchAttention(const AttnArgs& a, int T, bool regPath, cudaStream_t stream) {
   int st;
@@ -1348,13 +1615,20 @@ int launchAttention(const AttnArgs& a, int T, bool regPath, cudaStream_t stream)
     kernel<<<static_cast<unsigned>(grid), kThreads, smem, stream>>>(a);
   } else {
     constexpr int R = kPrefillRows;
-    const int smem = Smem<D>::bytes(R, a.P);
-    st = allowDynamicSmem<kv4AttentionKernel<D, false>>(smem);
-    if (st != LOWBIT_OK) return st;
     const long long rows = (static_cast<long long>(T) * a.rep + R - 1) / R + a.B;
     if (rows > 0x7fffffffLL) return LOWBIT_ERR_BAD_SHAPE;
-    kv4AttentionKernel<D, false>
-        <<<dim3(static_cast<unsigned>(rows), a.nkv, 1), kPrefillThreads, smem, stream>>>(a);
+    const dim3 grid(static_cast<unsigned>(rows), a.nkv, 1);
+    if (prefillWgmma()) {
+      const int smem = wgp::Smem<D>::bytes(a.P);
+      st = allowDynamicSmem<kv4PrefillWgmmaKernel<D>>(smem);
+      if (st != LOWBIT_OK) return st;
+      kv4PrefillWgmmaKernel<D><<<grid, wgp::kThreads, smem, stream>>>(a);
+    } else {
+      const int smem = Smem<D>::bytes(R, a.P);
+      st = allowDynamicSmem<kv4AttentionKernel<D, false>>(smem);
+      if (st != LOWBIT_OK) return st;
+      kv4AttentionKernel<D, false><<<grid, kPrefillThreads, smem, stream>>>(a);
+    }
   }
   st = launchStatus();
   if (st != LOWBIT_OK || !DECODE || a.splits == 1) return st;

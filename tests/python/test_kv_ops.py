@@ -210,6 +210,24 @@ def test_prefill_long_chunk_and_sliding_window(cuda_lib):
                   new=[257, 40])
 
 
+def test_prefill_block_segments(cuda_lib):
+    # tokens_per_block 16 / 32: a 64-token tile spans 4 / 2 pool blocks (loadTile's per-chunk
+    # path), some of them before a past sequence's first chunk token or outside the window
+    _prefill_case(kv.KvLayout(32, 8, 128, 32, 128, tokens_per_block=16), past=[100, 0],
+                  new=[200, 129])
+    _prefill_case(kv.KvLayout(9, 3, 64, 16, 64, tokens_per_block=32, sliding_window=70),
+                  past=[33, 0], new=[150, 64])
+
+
+@pytest.mark.parametrize("d", [64, 128])
+def test_prefill_portable_kernel(cuda_lib, monkeypatch, d):
+    # LOWBIT_KV_PREFILL_KERNEL=mma: the mma.sync prefill kernel (the only one below sm_90a; on a
+    # Hopper GPU the wgmma kernel runs unless this is set)
+    monkeypatch.setenv("LOWBIT_KV_PREFILL_KERNEL", "mma")
+    _prefill_case(kv.KvLayout(32, 8, d, 32, d), past=[0, 1000, 63], new=[300, 65, 17])
+    _prefill_case(kv.KvLayout(9, 3, d, 16, d, sliding_window=100), past=[0], new=[257])
+
+
 def test_decode_step_through_both_kernels_sliding_window(cuda_lib):
     # T == B (one token each) through rope_append then the decode path, window 64
     _prefill_case(kv.KvLayout(32, 8, 128, 32, 128, sliding_window=64), past=[0, 65, 1000],
