@@ -710,16 +710,7 @@ inline bool makeMap(CUtensorMap* m, const void* base, CUtensorMapDataType dt, in
 // True on a compute capability 9.0 device when this library carries sm_90a code for the kernels
 // (not a JIT of older PTX, where their bodies are empty) and the driver has the TMA encoder.
 inline bool wgmmaAvailable() {
-  static int cached[64] = {0};  // 0 unknown, 1 yes, 2 no
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  int& c = cached[dev & 63];
-  if (c == 0)
-    c = encodeTiled() != nullptr &&
-                wg::sm90aCode(reinterpret_cast<const void*>(w8a8WgmmaKernel<256>))
-            ? 1
-            : 2;
-  return c == 1;
+  return encodeTiled() != nullptr && wg::sm90aCode<w8a8WgmmaKernel<256>>();
 }
 
 // A box rows of the W8A8 kernels: a single M-tile loads only 32 / 64 rows (TMA counts the zero

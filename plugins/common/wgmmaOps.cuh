@@ -194,6 +194,14 @@ __device__ __forceinline__ void fenceRegs(int (&d)[R]) {
 #pragma unroll
   for (int i = 0; i < R; ++i) asm volatile("" : "+r"(d[i])::"memory");
 }
+// The same for the f16 wgmma's [N/8][4] float accumulators.
+template <int R>
+__device__ __forceinline__ void fenceRegs(float (&d)[R][4]) {
+#pragma unroll
+  for (int i = 0; i < R; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(d[i][e])::"memory");
+}
 // Generic-proxy shared-memory stores made visible to the async proxy (wgmma operand reads).
 __device__ __forceinline__ void fenceProxyAsync() {
 #if defined(LOWBIT_WGMMA_OK)
@@ -364,21 +372,6 @@ __device__ __forceinline__ void wgmmaRS64(int (&d)[32], const uint32_t (&a)[4], 
 // ---- generated wgmma wrappers (f16 x f16 -> f32) ----
 // Accumulators as [N/8][4]: d[j][e] = row 16 w + lane / 4 + 8 (e >= 2), column 8 j + 2 (lane % 4)
 // + (e & 1) of the warpgroup's 64 x N tile (warp w): the m16n8 C layout of mma.sync, per n8 block.
-template <int R>
-__device__ __forceinline__ void fenceRegs(uint32_t (&d)[R][4]) {
-#pragma unroll
-  for (int i = 0; i < R; ++i)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(d[i][e])::"memory");
-}
-template <int R>
-__device__ __forceinline__ void fenceRegs(float (&d)[R][4]) {
-#pragma unroll
-  for (int i = 0; i < R; ++i)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(d[i][e])::"memory");
-}
-
 // D[64 x 64] (f32) (+)= A[64 x 16] (f16, smem desc, K-major) * B[64 x 16]^T (f16, smem desc, K-major)
 __device__ __forceinline__ void wgmmaF16SS64(float (&d)[8][4], uint64_t da, uint64_t db, int scaleD) {
 #if defined(LOWBIT_WGMMA_OK)
@@ -439,19 +432,26 @@ __device__ __forceinline__ void wgmmaF16RS128T(float (&d)[16][4], const uint32_t
 }
 
 // ---- host ---------------------------------------------------------------------------------------
-// True on a compute capability 9.0 device when `kernel` was compiled to sm_90a code (not a JIT of
-// older PTX, where the bodies above are empty). Callers cache the answer per device.
-inline bool sm90aCode(const void* kernel) {
-  int dev = 0, major = 0, minor = 0;
-  cudaFuncAttributes fa{};
-  const bool ok =
-      cudaGetDevice(&dev) == cudaSuccess &&
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
-      major == 9 && minor == 0 && cudaFuncGetAttributes(&fa, kernel) == cudaSuccess &&
-      fa.ptxVersion >= 90 && fa.binaryVersion == 90;
-  if (!ok) cudaGetLastError();
-  return ok;
+// True on a compute capability 9.0 device when Kernel was compiled to sm_90a code (not a JIT of
+// older PTX, where the bodies above are empty). Cached per kernel and device, as allowDynamicSmem.
+template <auto Kernel>
+inline bool sm90aCode() {
+  static int cached[64] = {0};  // 0 unknown, 1 yes, 2 no
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  int& c = cached[dev & 63];
+  if (c == 0) {
+    int major = 0, minor = 0;
+    cudaFuncAttributes fa{};
+    const bool ok =
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
+        major == 9 && minor == 0 && cudaFuncGetAttributes(&fa, Kernel) == cudaSuccess &&
+        fa.ptxVersion >= 90 && fa.binaryVersion == 90;
+    if (!ok) cudaGetLastError();
+    c = ok ? 1 : 2;
+  }
+  return c == 1;
 }
 
 }  // namespace wg

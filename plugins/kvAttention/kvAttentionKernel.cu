@@ -529,8 +529,8 @@ __device__ __forceinline__ void loadTile(const AttnArgs& a, int b, int h, int ti
 // runs backwards over the grid: per kv head, a sequence's last rows (the most KV tiles under the
 // causal mask) start first and the shortest CTAs fill the tail (NOTES log 15; all heads of a row
 // tile before the next tile was slower at 512 and 4096 tokens: less L2 reuse of K/V). Threads
-// 0 <= tid < QR fill rowPos / rowOff of their row; [lo, hi) = the KV positions some row sees. False for a
-// CTA past the last tile (the grid is an upper bound).
+// 0 <= tid < QR fill rowPos / rowOff of their row; [lo, hi) = the KV positions some row sees.
+// False for a CTA past the last tile (the grid is an upper bound).
 template <int D, int QR>
 __device__ __forceinline__ bool prefillRows(const AttnArgs& a, int h, int tid, int* rowPos,
                                             int* rowOff, int& b, int& lo, int& hi) {
@@ -573,10 +573,12 @@ __device__ __forceinline__ void dequantTile(const AttnArgs& a, const uint8_t* st
   for (int tk = dt0; tk < kTile; tk += NTH / (D / 8)) {
     const int pos = tile * kTile + tk;
     const uint32_t kw = *reinterpret_cast<const uint32_t*>(st + tk * rowB + dj * 4);
-    const uint32_t vw = *reinterpret_cast<const uint32_t*>(st + kTile * rowB + tk * rowB + dj * 4);
+    const uint32_t vw =
+        *reinterpret_cast<const uint32_t*>(st + kTile * rowB + tk * rowB + dj * 4);
     const __half* pt = pr + tk * a.P;
     uint4 kv = dequant8(kw, __half2half2(pt[kgi]), __half2half2(pt[ngk + kgi]));
-    uint4 vv = dequant8(vw, __half2half2(pt[2 * ngk + vgi]), __half2half2(pt[2 * ngk + ngv + vgi]));
+    uint4 vv =
+        dequant8(vw, __half2half2(pt[2 * ngk + vgi]), __half2half2(pt[2 * ngk + ngv + vgi]));
     if (pos < lo || pos >= hi) kv = vv = make_uint4(0, 0, 0, 0);
     const int o = off(tk, dj);
     *reinterpret_cast<uint4*>(Ks + o) = kv;
@@ -675,8 +677,8 @@ __global__ void __launch_bounds__(DECODE ? kThreads : kPrefillThreads)
     cpAsyncWait<1>();
     __syncthreads();
     dequantTile<D, kTh, 4>(a, raw + ((tile - t0) & 1) * stageB, tile, lo, hi, dj, dt0, kgi, vgi,
-                        ngk, ngv, reinterpret_cast<uint8_t*>(Ks), reinterpret_cast<uint8_t*>(Vs),
-                        [](int tk, int j) { return (tk * LD + j * 8) * 2; });
+                           ngk, ngv, reinterpret_cast<uint8_t*>(Ks), reinterpret_cast<uint8_t*>(Vs),
+                           [](int tk, int j) { return (tk * LD + j * 8) * 2; });
     __syncthreads();
     if (tile + 2 < t1)
       loadTile<D, kTh>(a, b, h, tile + 2, lo, hi, raw + ((tile - t0) & 1) * stageB, tid);
@@ -797,11 +799,11 @@ __global__ void __launch_bounds__(DECODE ? kThreads : kPrefillThreads)
 // c ^ (r & 7). Q and K rows are K-major operands (SBO 1024: 8-row groups); V's rows are its k rows
 // of 64 channels (SBO 1024: 8-token groups, LBO 8192: the next 64 channels).
 namespace wgp {
-constexpr int kBlk = 64 * 128;  // bytes of one 64-channel block of a 64-row tile
-constexpr int kProducers = 256;              // 2 producer warpgroups (one: 5% slower, NOTES log 24)
+constexpr int kBlk = 64 * 128;              // bytes of one 64-channel block of a 64-row tile
+constexpr int kProducers = 256;             // 2 producer warpgroups (one: 5% slower, NOTES log 24)
 constexpr int kThreads = kProducers + 256;  // + 2 consumer warpgroups
-constexpr int kRawStages = 3;  // cp.async two tiles ahead + the one being dequantized
-constexpr int kStages = 3;      // fp16 K/V stages
+constexpr int kRawStages = 3;               // cp.async two tiles ahead + the one being dequantized
+constexpr int kStages = 3;                  // fp16 K/V stages
 // named barrier ids: FULL[3], EMPTY[3], the producers', the consumers'
 constexpr int kFull = 1, kEmpty = 4, kProd = 7, kCons = 8;
 __device__ __forceinline__ int swz(int row, int chunk) {  // byte offset inside a block
@@ -847,7 +849,7 @@ __global__ void __launch_bounds__(wgp::kThreads, 1) kv4PrefillWgmmaKernel(AttnAr
   if (!prefillRows<D, QR>(a, h, tid - wgp::kProducers, rowPos, rowOff, b, lo, hi)) return;
   const int t0 = lo / kTile, t1 = (hi - 1) / kTile + 1;
   if (tid < wgp::kProducers) {
-    // ---- producers: raw tiles two ahead by cp.async, tile i dequantized into fp16 stage i % 3 ----
+    // ---- producers: raw tiles two ahead by cp.async, tile i dequantized into fp16 stage i % 3
     loadTile<D, wgp::kProducers>(a, b, h, t0, lo, hi, raw, tid);
     cpAsyncCommit();
     if (t1 > t0 + 1) loadTile<D, wgp::kProducers>(a, b, h, t0 + 1, lo, hi, raw + rawB, tid);
@@ -1579,18 +1581,13 @@ DecodePlan decodePlan(int B, const lowbitKv4Layout* L) {
 }
 
 // True on a compute capability 9.0 device when this library carries sm_90a code for the wgmma
-// prefill kernel (elsewhere its body is empty and the mma.sync kernel runs; cached per device),
-// unless the environment sets LOWBIT_KV_PREFILL_KERNEL=mma (read at every call: the tests run the
-// portable kernel on a Hopper GPU with it).
+// prefill kernel (elsewhere its body is empty and the mma.sync kernel runs), unless the
+// environment sets LOWBIT_KV_PREFILL_KERNEL=mma (read at every call: the tests run the portable
+// kernel on a Hopper GPU with it).
 inline bool prefillWgmma() {
   const char* force = std::getenv("LOWBIT_KV_PREFILL_KERNEL");
   if (force && std::strcmp(force, "mma") == 0) return false;
-  static int cached[64] = {0};  // 0 unknown, 1 yes, 2 no
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  int& c = cached[dev & 63];
-  if (c == 0) c = wg::sm90aCode(reinterpret_cast<const void*>(kv4PrefillWgmmaKernel<128>)) ? 1 : 2;
-  return c == 1;
+  return wg::sm90aCode<kv4PrefillWgmmaKernel<128>>();
 }
 
 template <int D, bool DECODE>
