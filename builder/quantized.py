@@ -217,8 +217,9 @@ class PagedInt4KVCache:
     Offers attend(layer, qkv, positions): RoPE of q and k, quantize-append of the new k and v
     into their pages, then attention over the quantized cache (the new tokens included), in one
     call; Decoder.layer_forward uses it instead of rope + append + attention. With kernels=True
-    (CUDA, fp16) these are the kernels lowbit.ops.kv4_rope_append / kv4_attention, else the
-    torch reference lowbit.kvcache.rope_append / attention (same semantics; any device, dtype).
+    (CUDA, fp16) these are the kernels (lowbit.ops.kv4_rope_append_attention: rope_append then
+    attention in one call), else the torch reference lowbit.kvcache.rope_append / attention
+    (same semantics; any device, dtype).
 
     Blocks come from a lowbit.kvcache.BlockAllocator over a pool of B * ceil(max_len / tpb)
     blocks, taken as the sequences grow (so the sequences' blocks interleave in the pool);
@@ -235,13 +236,7 @@ class PagedInt4KVCache:
                                        s.head_size, int(c["k_group_size"]),
                                        int(c["v_group_size"]), tokens_per_block,
                                        s.sliding_window or 0)
-        self.kernels = kernels
-        if kernels:
-            from lowbit import ops
-
-            self._rope_append, self._attention = ops.kv4_rope_append, ops.kv4_attention
-        else:
-            self._rope_append, self._attention = kvcache.rope_append, kvcache.attention
+        self.kernels = kernels  # else the torch reference (kvcache.rope_append / attention)
         dev = torch.device(model.device)
         self.device = dev
         self.batch = batch
@@ -297,10 +292,17 @@ class PagedInt4KVCache:
         t = qkv.shape[0] // self.batch
         flat, offs, *ws = self._prepare(t, positions)
         a = (flat, offs, self.block_table)
-        q = self._rope_append(qkv.contiguous(), *a, self.inv_freq, self.codes, self.params,
-                              layer, self.layout)
-        kw = {"workspace": ws[0]} if self.kernels else {}
-        return self._attention(q, *a, self.codes, self.params, layer, self.layout, **kw)
+        if self.kernels:
+            from lowbit import ops
+
+            return ops.kv4_rope_append_attention(qkv.contiguous(), *a, self.inv_freq, self.codes,
+                                                 self.params, layer, self.layout,
+                                                 workspace=ws[0])
+        from lowbit import kvcache
+
+        q = kvcache.rope_append(qkv.contiguous(), *a, self.inv_freq, self.codes, self.params,
+                                layer, self.layout)
+        return kvcache.attention(q, *a, self.codes, self.params, layer, self.layout)
 
     def advance(self, t: int) -> None:
         self.length += t

@@ -172,6 +172,14 @@ __device__ __forceinline__ uint64_t makeDesc(uint32_t addr, int layout, uint32_t
          (static_cast<uint64_t>(lbo >> 4) << 16) | (static_cast<uint64_t>(sbo >> 4) << 32) |
          (static_cast<uint64_t>(layout) << 62);
 }
+// The descriptor of the operand at byte address addr + off from the one at addr (same layout,
+// strides; off a multiple of 16): the start-address field is the low 14 bits of addr >> 4 and
+// shared memory stays below 2^18 bytes, so off >> 4 adds to the low word without a carry out of
+// the field (one integer add instead of rebuilding the descriptor per wgmma).
+__device__ __forceinline__ uint64_t descAdd(uint64_t d, uint32_t off) {
+  const uint32_t lo = static_cast<uint32_t>(d) + (off >> 4);
+  return (d & 0xFFFFFFFF00000000ull) | lo;
+}
 __device__ __forceinline__ void wgFence() {
 #if defined(LOWBIT_WGMMA_OK)
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");

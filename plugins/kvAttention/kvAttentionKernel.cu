@@ -39,9 +39,9 @@
 //   PREFILL: a CTA = (128 rows of one sequence, kv head), 8 warps; warp w owns rows 16w..16w+15
 //     and all 64 tokens of each tile; tiles from the window start of the first row to the last
 //     row's position. Scores are masked only in tiles not fully visible to all of a warp's rows.
-//     On sm_90a the prefill runs kv4PrefillWgmmaKernel instead (the same CTAs, rows and values;
-//     warp-specialized producers and wgmma consumers, see there); this one serves sm_80 / sm_89
-//     and LOWBIT_KV_PREFILL_KERNEL=mma.
+//     On sm_90a the prefill runs kv4PrefillWgmmaKernel instead (the same CTA work items, rows
+//     and values, launched in another order; warp-specialized producers and wgmma consumers, see
+//     there); this one serves sm_80 / sm_89 and LOWBIT_KV_PREFILL_KERNEL=mma.
 //   Masked scores (outside [max(0, p - window + 1), p], or tokens outside the sequence) are -inf;
 //   the V rows of tokens outside the CTA's range are zero in shared memory (no NaN from stale
 //   pool bytes). Rows with no visible token (padding) are not written.
@@ -244,7 +244,8 @@ __device__ __forceinline__ __half2 nibHi(uint32_t x) {
 // channel order. nibLo / nibHi of w and w >> 8 give the half2 pairs of codes (c_k, c_{k+4}),
 // k = 0..3, exactly; one hfma2 applies scale/zero, two prmt per pair restore the channel order.
 // (Shifting by 4k and masking instead cost 72 more instructions in the d = 128 prefill kernel
-// and 3% of its time, NOTES log 21.)
+// and 3% of its time, NOTES log 21. Leaving the pairs in place, with Q permuted to match and O
+// stored back through the permutation, was 3% slower in the wgmma kernel, NOTES log 25.)
 __device__ __forceinline__ uint4 dequant8(uint32_t w, __half2 s, __half2 z) {
   const uint32_t w8 = w >> 8;
   const uint32_t h[4] = {h22u(__hfma2(nibLo(w), s, z)), h22u(__hfma2(nibHi(w), s, z)),
@@ -272,6 +273,7 @@ struct AppendArgs {
   int lgLanesK, lgLanesV;  // log2 lanes per K / V group: log2(g / (d/32))
   int nGroupsK, nGroupsV;  // d / gk, d / gv
   int P;                   // params per (token, KV head): 2 (d/gk + d/gv)
+  int trigger;             // a prefill attention follows as a programmatic dependent
 };
 
 inline int log2Exact(int v) {  // v a power of two
@@ -403,6 +405,10 @@ __global__ void __launch_bounds__(kThreads) kv4RopeAppendKernel(AppendArgs a) {
   const int uEnd = ub + kUnits < U ? ub + kUnits : U;
   const int u0 = ub + (threadIdx.x >> 5);
   AppendRaw<D> raw[PW];
+  // a prefill attention launched as this grid's programmatic dependent may become resident once
+  // every CTA has started (it waits for the grid's end before reading q, codes and params); only
+  // then: the instruction cost 2% at 64 tokens (NOTES log 25)
+  if (a.trigger) pdlTrigger();
 #pragma unroll
   for (int k = 0; k < PW; ++k)
     if (u0 + W * k < uEnd) raw[k] = kv4AppendLoad<D>(a.qkv, t, u0 + W * k, lane, U);
@@ -456,24 +462,32 @@ struct Smem {
   }
 };
 
+// Pool block of tile `tile` of sequence b when tpb >= 64 (the tile is one contiguous run of slots
+// of one block: one table read per tile), -1 when the tile has nothing to load; 0 for tpb < 64
+// (loadTile reads the table per segment). Separate from loadTile so that a caller can read the
+// table ahead of the copies (a table read right before them put a dependent global load in front
+// of every tile).
+__device__ __forceinline__ int tileBlock(const AttnArgs& a, int b, int tile, int lo, int hi) {
+  if (a.tpb < kTile) return 0;
+  const int base = tile * kTile, col = base >> (__ffs(a.tpb) - 1);  // tpb: a power of two
+  if (base >= hi || base + kTile <= lo || col >= a.MB) return -1;
+  const int blk = __ldg(a.block_table + static_cast<size_t>(b) * a.MB + col);
+  return blk < a.NB ? blk : -1;
+}
+
 // Issue the cp.async copies of tile `tile` (positions [64 tile, 64 tile + 64)) into stage `st`:
 // K codes [64][d/2], V codes [64][d/2], params [64][P]. A segment (min(tpb, 64) tokens, contiguous
 // in one pool block) is copied only if it overlaps [lo, hi), so blocks the sequence does not own
-// are never touched.
+// are never touched. blk: tileBlock(a, b, tile, lo, hi).
 template <int D, int NTH>  // NTH: threads of the CTA
 __device__ __forceinline__ void loadTile(const AttnArgs& a, int b, int h, int tile, int lo, int hi,
-                                         uint8_t* st, int tid) {
+                                         int blk, uint8_t* st, int tid) {
   constexpr int rowB = D / 2;
   constexpr int kvChunks = kTile * rowB / 16;
   const int pChunks = kTile * a.P * 2 / 16;
   const int base = tile * kTile;
   if (a.tpb >= kTile) {
-    // tpb >= 64: the tile is one contiguous run of slots of one block; one table read per tile
-    // (a table read per chunk put a dependent global load in front of every copy)
-    const int col = base / a.tpb;
-    if (base >= hi || base + kTile <= lo || col >= a.MB) return;
-    const int blk = __ldg(a.block_table + static_cast<size_t>(b) * a.MB + col);
-    if (blk < 0 || blk >= a.NB) return;
+    if (blk < 0) return;
     const int slot0 = base & (a.tpb - 1);
     const size_t slabK = (static_cast<size_t>(blk) * 2 * a.nkv + h) * a.tpb;
     const uint8_t* ksrc = a.codes + (slabK + slot0) * rowB;
@@ -532,9 +546,8 @@ __device__ __forceinline__ void loadTile(const AttnArgs& a, int b, int h, int ti
 // 0 <= tid < QR fill rowPos / rowOff of their row; [lo, hi) = the KV positions some row sees.
 // False for a CTA past the last tile (the grid is an upper bound).
 template <int D, int QR>
-__device__ __forceinline__ bool prefillRows(const AttnArgs& a, int h, int tid, int* rowPos,
+__device__ __forceinline__ bool prefillRows(const AttnArgs& a, int x, int h, int tid, int* rowPos,
                                             int* rowOff, int& b, int& lo, int& hi) {
-  int x = gridDim.x - 1 - blockIdx.x;
   b = -1;
   for (int s = 0; s < a.B; ++s) {
     const int nb = a.seq_offsets[s + 1] - a.seq_offsets[s];
@@ -558,31 +571,41 @@ __device__ __forceinline__ bool prefillRows(const AttnArgs& a, int h, int tid, i
 }
 
 // Dequantizes raw stage `st` (tile `tile`) into fp16 K and V tiles: the thread handles code word
-// dj (channels 8 dj .. 8 dj + 7) of token rows dt0, dt0 + NTH / (D/8), ..., so its K and V group
-// indices kgi, vgi are fixed; the 8 values of (token tk, word dj) go to byte off(tk, dj) of Ks and
-// of Vs. Tokens outside [lo, hi) are written as zeros (no NaN from stale pool bytes): every row is
-// dequantized and the zeros selected after, so the rows' loads and math interleave (a branch per
-// row kept them apart).
-template <int D, int NTH, int UNROLL, class Off>
+// dj (channels 8 dj .. 8 dj + 7) of token rows dt0 + k STEP, k < kTile / STEP (STEP = NTH / (d/8)),
+// so its K and V group indices kgi, vgi are fixed; the 8 values of row dt0 + k STEP go to byte
+// off0 + k ROWB of Ks and of Vs (ROWB: the destination layout's bytes per STEP rows; off0: row
+// dt0, word dj). Tokens outside [lo, hi) are written as zeros (no NaN from stale pool bytes); a
+// tile inside [lo, hi), the common case, skips that test (a uniform branch).
+template <int D, int NTH, int ROWB>
 __device__ __forceinline__ void dequantTile(const AttnArgs& a, const uint8_t* st, int tile, int lo,
                                             int hi, int dj, int dt0, int kgi, int vgi, int ngk,
-                                            int ngv, uint8_t* Ks, uint8_t* Vs, Off off) {
-  constexpr int rowB = D / 2;
+                                            int ngv, uint8_t* Ks, uint8_t* Vs, int off0) {
+  constexpr int rowB = D / 2, STEP = NTH / (D / 8), ROWS = kTile / STEP;
+  static_assert(kTile % STEP == 0, "whole rows per thread");
   const __half* pr = reinterpret_cast<const __half*>(st + 2 * kTile * rowB);
-#pragma unroll UNROLL
-  for (int tk = dt0; tk < kTile; tk += NTH / (D / 8)) {
-    const int pos = tile * kTile + tk;
-    const uint32_t kw = *reinterpret_cast<const uint32_t*>(st + tk * rowB + dj * 4);
-    const uint32_t vw =
-        *reinterpret_cast<const uint32_t*>(st + kTile * rowB + tk * rowB + dj * 4);
-    const __half* pt = pr + tk * a.P;
+  const uint8_t* kw0 = st + dt0 * rowB + dj * 4;
+  const __half* pt0 = pr + dt0 * a.P;
+  const int pStep = STEP * a.P;  // halves between the thread's rows' params
+  auto row = [&](int k, bool sel) {
+    const int pos = tile * kTile + dt0 + k * STEP;
+    const uint32_t kw = *reinterpret_cast<const uint32_t*>(kw0 + k * STEP * rowB);
+    const uint32_t vw = *reinterpret_cast<const uint32_t*>(kw0 + kTile * rowB + k * STEP * rowB);
+    const __half* pt = pt0 + k * pStep;
     uint4 kv = dequant8(kw, __half2half2(pt[kgi]), __half2half2(pt[ngk + kgi]));
     uint4 vv =
         dequant8(vw, __half2half2(pt[2 * ngk + vgi]), __half2half2(pt[2 * ngk + ngv + vgi]));
-    if (pos < lo || pos >= hi) kv = vv = make_uint4(0, 0, 0, 0);
-    const int o = off(tk, dj);
-    *reinterpret_cast<uint4*>(Ks + o) = kv;
-    *reinterpret_cast<uint4*>(Vs + o) = vv;
+    if (sel && (pos < lo || pos >= hi)) kv = vv = make_uint4(0, 0, 0, 0);
+    *reinterpret_cast<uint4*>(Ks + off0 + k * ROWB) = kv;
+    *reinterpret_cast<uint4*>(Vs + off0 + k * ROWB) = vv;
+  };
+  if (tile * kTile >= lo && tile * kTile + kTile <= hi) {
+#pragma unroll
+    for (int k = 0; k < ROWS; ++k) row(k, false);
+  } else {
+    // every row is dequantized and the zeros selected after, so the rows' loads and math
+    // interleave (a branch per row kept them apart)
+#pragma unroll
+    for (int k = 0; k < ROWS; ++k) row(k, true);
   }
 }
 
@@ -634,15 +657,17 @@ __global__ void __launch_bounds__(DECODE ? kThreads : kPrefillThreads)
     t0 = first + split * per;
     t1 = t0 + per < first + n ? t0 + per : first + n;
   } else {
-    if (!prefillRows<D, QR>(a, h, tid, rowPos, rowOff, b, lo, hi)) return;
+    if (!prefillRows<D, QR>(a, gridDim.x - 1 - blockIdx.x, h, tid, rowPos, rowOff, b, lo, hi))
+      return;
     t0 = lo / kTile;
     t1 = (hi - 1) / kTile + 1;
   }
   if (t1 > t0) {
-    loadTile<D, kTh>(a, b, h, t0, lo, hi, raw, tid);
+    loadTile<D, kTh>(a, b, h, t0, lo, hi, tileBlock(a, b, t0, lo, hi), raw, tid);
   }
   cpAsyncCommit();
-  if (t1 > t0 + 1) loadTile<D, kTh>(a, b, h, t0 + 1, lo, hi, raw + stageB, tid);
+  if (t1 > t0 + 1)
+    loadTile<D, kTh>(a, b, h, t0 + 1, lo, hi, tileBlock(a, b, t0 + 1, lo, hi), raw + stageB, tid);
   cpAsyncCommit();
   __syncthreads();  // rowPos / rowOff
   // Q rows -> shared memory (zero rows for padding)
@@ -676,12 +701,13 @@ __global__ void __launch_bounds__(DECODE ? kThreads : kPrefillThreads)
   for (int tile = t0; tile < t1; ++tile) {
     cpAsyncWait<1>();
     __syncthreads();
-    dequantTile<D, kTh, 4>(a, raw + ((tile - t0) & 1) * stageB, tile, lo, hi, dj, dt0, kgi, vgi,
-                           ngk, ngv, reinterpret_cast<uint8_t*>(Ks), reinterpret_cast<uint8_t*>(Vs),
-                           [](int tk, int j) { return (tk * LD + j * 8) * 2; });
+    dequantTile<D, kTh, kTh / (D / 8) * LD * 2>(
+        a, raw + ((tile - t0) & 1) * stageB, tile, lo, hi, dj, dt0, kgi, vgi, ngk, ngv,
+        reinterpret_cast<uint8_t*>(Ks), reinterpret_cast<uint8_t*>(Vs), (dt0 * LD + dj * 8) * 2);
     __syncthreads();
     if (tile + 2 < t1)
-      loadTile<D, kTh>(a, b, h, tile + 2, lo, hi, raw + ((tile - t0) & 1) * stageB, tid);
+      loadTile<D, kTh>(a, b, h, tile + 2, lo, hi, tileBlock(a, b, tile + 2, lo, hi),
+                       raw + ((tile - t0) & 1) * stageB, tid);
     cpAsyncCommit();
 
     // S = Q K^T over this warp's NT tokens
@@ -794,6 +820,11 @@ __global__ void __launch_bounds__(DECODE ? kThreads : kPrefillThreads)
 //     code is the mma.sync kernel's.
 // Named barriers: FULL[s] (producers arrive, consumers sync), EMPTY[s] (the reverse; only for
 // tiles the producers will still write), one for the producers, one for the consumers.
+// Grid: one dimension, heads fastest and the row tiles with the most KV tiles first (NOTES log
+// 25). Prologue: the producers give up their registers first, read the first tiles' block table
+// entries, then (pdlWait) copy; the consumers copy Q by cp.async after pdlWait. The pdlWait
+// matters only under lowbit_kv4_rope_append_attention, whose append kernel this one follows as a
+// programmatic dependent (its CTAs start while the append drains).
 // Shared fp16 tiles (Q of each consumer warpgroup [64 rows][D], K and V [64 tokens][D]) in the
 // 128B-swizzled layout: 64-channel blocks of 64 rows x 128 B (8 KiB), row r's 16-byte chunk c at
 // c ^ (r & 7). Q and K rows are K-major operands (SBO 1024: 8-row groups); V's rows are its k rows
@@ -803,9 +834,9 @@ constexpr int kBlk = 64 * 128;              // bytes of one 64-channel block of 
 constexpr int kProducers = 256;             // 2 producer warpgroups (one: 5% slower, NOTES log 24)
 constexpr int kThreads = kProducers + 256;  // + 2 consumer warpgroups
 constexpr int kRawStages = 3;               // cp.async two tiles ahead + the one being dequantized
-constexpr int kStages = 3;                  // fp16 K/V stages
+constexpr int kStages = 3;                  // fp16 K/V stages (4: no faster, NOTES log 25)
 // named barrier ids: FULL[3], EMPTY[3], the producers', the consumers'
-constexpr int kFull = 1, kEmpty = 4, kProd = 7, kCons = 8;
+constexpr int kFull = 1, kEmpty = 1 + kStages, kProd = 1 + 2 * kStages, kCons = kProd + 1;
 __device__ __forceinline__ int swz(int row, int chunk) {  // byte offset inside a block
   return row * 128 + ((chunk ^ (row & 7)) << 4);
 }
@@ -843,37 +874,58 @@ __global__ void __launch_bounds__(wgp::kThreads, 1) kv4PrefillWgmmaKernel(AttnAr
   int* rowOff = rowPos + QR;
 
   const int tid = threadIdx.x, lane = tid & 31;
-  const int h = blockIdx.y;
+  // CTA -> (kv head, row index): heads fastest, row indices descending (prefillRows), so the
+  // CTAs with the most KV tiles, of every head, start first and the shortest fill the tail
+  // (the mma.sync kernel's order, per head, took 13-21% longer here at 1024 / 2048 tokens and
+  // 8% at 4096 with Llama-2-7B heads, NOTES log 25)
+  const int h = blockIdx.x % a.nkv, xr = gridDim.x / a.nkv - 1 - blockIdx.x / a.nkv;
   int b, lo, hi;
-  // the consumers fill rowPos / rowOff and load Q while the producers start the first tiles
-  if (!prefillRows<D, QR>(a, h, tid - wgp::kProducers, rowPos, rowOff, b, lo, hi)) return;
+  // the consumers fill rowPos / rowOff and load Q while the producers start the first tiles.
+  // Launched as a programmatic dependent of the append kernel (lowbit_kv4_rope_append_attention),
+  // the kernel reads positions, seq_offsets and the block table, which that kernel does not
+  // write, before pdlWait and q, codes and params after it; launched plainly, pdlWait returns
+  // at once.
+  if (!prefillRows<D, QR>(a, xr, h, tid - wgp::kProducers, rowPos, rowOff, b, lo, hi)) return;
   const int t0 = lo / kTile, t1 = (hi - 1) / kTile + 1;
   if (tid < wgp::kProducers) {
     // ---- producers: raw tiles two ahead by cp.async, tile i dequantized into fp16 stage i % 3
-    loadTile<D, wgp::kProducers>(a, b, h, t0, lo, hi, raw, tid);
-    cpAsyncCommit();
-    if (t1 > t0 + 1) loadTile<D, wgp::kProducers>(a, b, h, t0 + 1, lo, hi, raw + rawB, tid);
-    cpAsyncCommit();
+    // registers first: the consumers' setmaxnreg.inc waits for them (NOTES log 25)
     wg::setMaxRegsDec<56>();  // 256 x 56 + 256 x 200 registers = the SM's 64 Ki
+    {
+      const int blk0 = tileBlock(a, b, t0, lo, hi);
+      const int blk1 = t1 > t0 + 1 ? tileBlock(a, b, t0 + 1, lo, hi) : -1;
+      pdlWait();
+      loadTile<D, wgp::kProducers>(a, b, h, t0, lo, hi, blk0, raw, tid);
+      cpAsyncCommit();
+      if (t1 > t0 + 1)
+        loadTile<D, wgp::kProducers>(a, b, h, t0 + 1, lo, hi, blk1, raw + rawB, tid);
+      cpAsyncCommit();
+    }
     const int dj = tid % WPR, dt0 = tid / WPR;
     const int ngk = D / a.gk, ngv = D / a.gv;
     const int kgi = dj * 8 / a.gk, vgi = dj * 8 / a.gv;
+    // the table entry of tile i + 2 is read one iteration ahead of its copies, which are issued
+    // after tile i is handed over (a table read right before them put a dependent global load,
+    // and the copies' issue, in front of every tile's dequantization)
+    int blkNext = t0 + 2 < t1 ? tileBlock(a, b, t0 + 2, lo, hi) : -1;
     for (int tile = t0; tile < t1; ++tile) {
       const int i = tile - t0, s = i % wgp::kStages, rs = i % wgp::kRawStages;
       cpAsyncWait<1>();
       wgp::barSync(wgp::kProd, wgp::kProducers);  // tile i landed (all producers' copies), and
                                                   // all are done reading raw stage (i + 2) % 3
-      if (tile + 2 < t1)
-        loadTile<D, wgp::kProducers>(a, b, h, tile + 2, lo, hi,
-                                     raw + ((i + 2) % wgp::kRawStages) * rawB, tid);
-      cpAsyncCommit();
       if (i >= wgp::kStages) wgp::barSync(wgp::kEmpty + s, kTh);  // consumers done with i - 3
       uint8_t* Ks = KVs + s * 2 * kTileB;
-      dequantTile<D, wgp::kProducers, kTile * (D / 8) / wgp::kProducers>(
+      // rows dt0 + 16 k (d = 128) / 32 k (d = 64) keep dt0's swizzle phase (row & 7)
+      dequantTile<D, wgp::kProducers, wgp::kProducers / (D / 8) * 128>(
           a, raw + rs * rawB, tile, lo, hi, dj, dt0, kgi, vgi, ngk, ngv, Ks, Ks + kTileB,
-          [](int tk, int j) { return (j >> 3) * wgp::kBlk + wgp::swz(tk, j & 7); });
+          (dj >> 3) * wgp::kBlk + wgp::swz(dt0, dj & 7));
       wg::fenceProxyAsync();  // the generic-proxy stores above -> wgmma's (async proxy) reads
       wgp::barArrive(wgp::kFull + s, kTh);
+      if (tile + 2 < t1)
+        loadTile<D, wgp::kProducers>(a, b, h, tile + 2, lo, hi, blkNext,
+                                     raw + ((i + 2) % wgp::kRawStages) * rawB, tid);
+      cpAsyncCommit();
+      blkNext = tile + 3 < t1 ? tileBlock(a, b, tile + 3, lo, hi) : -1;
     }
     cpAsyncWait<0>();
     return;
@@ -886,18 +938,26 @@ __global__ void __launch_bounds__(wgp::kThreads, 1) kv4PrefillWgmmaKernel(AttnAr
   wg::setMaxRegsInc<200>();
   const int ctid = tid - wgp::kProducers;
   wgp::barSync(wgp::kCons, 256);  // rowPos / rowOff
-  // Q rows -> the consumer warpgroups' swizzled tiles (zero rows for padding)
+  // Q rows -> the consumer warpgroups' swizzled tiles by cp.async, all in flight at once (zero
+  // fill for padding rows)
+  pdlWait();
   for (int c = ctid; c < QR * WPR; c += 256) {
     const int r = c / WPR, j = c % WPR, rr = r & 63;
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (rowPos[r] >= 0) v = *reinterpret_cast<const uint4*>(a.q + rowOff[r] + j * 8);
-    *reinterpret_cast<uint4*>(Qs + (r >> 6) * kTileB + (j >> 3) * wgp::kBlk +
-                              wgp::swz(rr, j & 7)) = v;
+    const bool ok = rowPos[r] >= 0;
+    cpAsync16(Qs + (r >> 6) * kTileB + (j >> 3) * wgp::kBlk + wgp::swz(rr, j & 7),
+              ok ? a.q + rowOff[r] + j * 8 : a.q, ok ? 16 : 0);
   }
+  cpAsyncCommit();
+  cpAsyncWait<0>();
   wg::fenceProxyAsync();
   wgp::barSync(wgp::kCons, 256);
-  const int warp = ctid >> 5, wg = warp >> 2;
-  const uint32_t qBase = smemAddr(Qs + wg * kTileB);
+  const int warp = ctid >> 5;
+  const int wg = __shfl_sync(0xffffffffu, warp >> 2, 0);  // warp-uniform to the compiler
+  // descriptors of Q, of K and of V of stage 0 (V: MN-major, LBO = the next 64 channels); stage
+  // st and k step are byte offsets added by descAdd
+  const uint64_t qDesc = wg::makeDesc(smemAddr(Qs + wg * kTileB), wg::kSw128, 1024);
+  const uint64_t kDesc = wg::makeDesc(smemAddr(KVs), wg::kSw128, 1024);
+  const uint64_t vDesc = wg::makeDesc(smemAddr(KVs + kTileB), wg::kSw128, 1024, wgp::kBlk);
   const int rowBase = warp * 16;
   const int r = lane >> 2, qd = lane & 3;
   const int pos0 = rowPos[rowBase + r], pos1 = rowPos[rowBase + r + 8];
@@ -909,12 +969,11 @@ __global__ void __launch_bounds__(wgp::kThreads, 1) kv4PrefillWgmmaKernel(AttnAr
   uint32_t pa[kTile / 16][4];  // fp16 P of the tile whose P V is issued
   // S = Q K^T of stage st (k step ks: 16 channels = 32 bytes inside a 128-byte row of block ks/4)
   auto issueS = [&](int st) {
-    const uint32_t kBase = smemAddr(KVs + st * 2 * kTileB);
+    const uint64_t kd = wg::descAdd(kDesc, st * 2 * kTileB);
 #pragma unroll
     for (int ks = 0; ks < KS; ++ks) {
       const uint32_t off = (ks >> 2) * wgp::kBlk + (ks & 3) * 32;
-      wg::wgmmaF16SS64(sc, wg::makeDesc(qBase + off, wg::kSw128, 1024),
-                       wg::makeDesc(kBase + off, wg::kSw128, 1024), ks > 0);
+      wg::wgmmaF16SS64(sc, wg::descAdd(qDesc, off), wg::descAdd(kd, off), ks > 0);
     }
     wg::wgCommit();
   };
@@ -944,10 +1003,10 @@ __global__ void __launch_bounds__(wgp::kThreads, 1) kv4PrefillWgmmaKernel(AttnAr
   }
   // O += P V of stage st (k step kk: tokens 16 kk .. 16 kk + 15 = two 8-token groups, 2048 B)
   auto issuePV = [&](int st) {
-    const uint32_t vBase = smemAddr(KVs + (st * 2 + 1) * kTileB);
+    const uint64_t vd = wg::descAdd(vDesc, st * 2 * kTileB);
 #pragma unroll
     for (int kk = 0; kk < kTile / 16; ++kk) {
-      const uint64_t dv = wg::makeDesc(vBase + kk * 2048, wg::kSw128, 1024, wgp::kBlk);
+      const uint64_t dv = wg::descAdd(vd, kk * 2048);
       if constexpr (D == 128) wg::wgmmaF16RS128T(o, pa[kk], dv, 1);
       else wg::wgmmaF16RS64T(o, pa[kk], dv, 1);
     }
@@ -1590,8 +1649,11 @@ inline bool prefillWgmma() {
   return wg::sm90aCode<kv4PrefillWgmmaKernel<128>>();
 }
 
+// dependent: the prefill wgmma kernel is launched as a programmatic dependent of the stream's
+// previous kernel, which must not write positions, seq_offsets or the block table (it is the
+// append kernel of lowbit_kv4_rope_append_attention).
 template <int D, bool DECODE>
-int launchAttention(const AttnArgs& a, int T, bool regPath, cudaStream_t stream) {
+int launchAttention(const AttnArgs& a, int T, bool regPath, bool dependent, cudaStream_t stream) {
   int st;
   if (DECODE && !regPath) {
     const int smem = Smem<D>::bytes(16, a.P);
@@ -1612,14 +1674,24 @@ int launchAttention(const AttnArgs& a, int T, bool regPath, cudaStream_t stream)
     kernel<<<static_cast<unsigned>(grid), kThreads, smem, stream>>>(a);
   } else {
     constexpr int R = kPrefillRows;
-    const long long rows = (static_cast<long long>(T) * a.rep + R - 1) / R + a.B;
+    // row tiles: sum_b ceil(n_b rep / R) < T rep / R + B, so at most ceil(T rep / R) + B - 1
+    // (exact for one sequence; CTAs past the last tile return at once)
+    const long long rows = (static_cast<long long>(T) * a.rep + R - 1) / R + a.B - 1;
     if (rows > 0x7fffffffLL) return LOWBIT_ERR_BAD_SHAPE;
     const dim3 grid(static_cast<unsigned>(rows), a.nkv, 1);
     if (prefillWgmma()) {
+      if (rows * a.nkv > 0x7fffffffLL) return LOWBIT_ERR_BAD_SHAPE;
+      const dim3 grid1(static_cast<unsigned>(rows * a.nkv));  // heads fastest (kernel)
       const int smem = wgp::Smem<D>::bytes(a.P);
       st = allowDynamicSmem<kv4PrefillWgmmaKernel<D>>(smem);
       if (st != LOWBIT_OK) return st;
-      kv4PrefillWgmmaKernel<D><<<grid, wgp::kThreads, smem, stream>>>(a);
+      if (dependent) {
+        st = launchDependent(kv4PrefillWgmmaKernel<D>, grid1, dim3(wgp::kThreads), smem, stream,
+                             a);
+        if (st != LOWBIT_OK) return st;
+      } else {
+        kv4PrefillWgmmaKernel<D><<<grid1, wgp::kThreads, smem, stream>>>(a);
+      }
     } else {
       const int smem = Smem<D>::bytes(R, a.P);
       st = allowDynamicSmem<kv4AttentionKernel<D, false>>(smem);
@@ -1654,16 +1726,11 @@ size_t workspaceBytes(int T, int B, const lowbitKv4Layout* L, DecodePlan* plan) 
   return lseOffset(n, L) + (n * sizeof(float) + 255) / 256 * 256;
 }
 
-}  // namespace
-}  // namespace lowbit
-
-using namespace lowbit;
-
-extern "C" int lowbit_kv4_rope_append(const void* qkv, const int* positions,
-                                      const int* seq_offsets, int T, int B,
-                                      const int* block_table, const float* inv_freq,
-                                      const lowbitKv4Layout* layout, void* codes, void* params,
-                                      void* q_out, void* stream) {
+// Checks the append's arguments and fills its kernel arguments (nothing is launched). T == 0 is
+// valid and launches nothing.
+int appendPrepare(const void* qkv, const int* positions, const int* seq_offsets, int T, int B,
+                  const int* block_table, const float* inv_freq, const lowbitKv4Layout* layout,
+                  void* codes, void* params, void* q_out, AppendArgs& a, dim3& blocks, int& pw) {
   int st = checkLayout(layout);
   if (st != LOWBIT_OK) return st;
   if (T < 0 || B < 1) return LOWBIT_ERR_BAD_SHAPE;
@@ -1675,7 +1742,7 @@ extern "C" int lowbit_kv4_rope_append(const void* qkv, const int* positions,
     return LOWBIT_ERR_MISALIGNED;
   const int U = layout->num_heads + 2 * layout->num_kv_heads;
   const int sms = multiprocessorCount();
-  int pw = 8;  // 8 from ~4 waves of CTAs (8 resident per SM) on, else 4 from one wave on, else 2
+  pw = 8;  // 8 from ~4 waves of CTAs (8 resident per SM) on, else 4 from one wave on, else 2
   if (static_cast<long long>(T) * ((U + 31) / 32) < 32ll * sms) pw = 4;
   if (pw == 4 && static_cast<long long>(T) * ((U + 15) / 16) < 8ll * sms) pw = 2;
   const int unitCtas = (U + 4 * pw - 1) / (4 * pw);  // grid (T, unitCtas)
@@ -1684,9 +1751,9 @@ extern "C" int lowbit_kv4_rope_append(const void* qkv, const int* positions,
   if (static_cast<long long>(layout->num_kv_heads) * layout->tokens_per_block *
           layout->head_size > (1ll << 30))
     return LOWBIT_ERR_BAD_SHAPE;
-  const dim3 blocks(static_cast<unsigned>(T), static_cast<unsigned>(unitCtas));
+  blocks = dim3(static_cast<unsigned>(T), static_cast<unsigned>(unitCtas));
   const int d = layout->head_size, lgC = log2Exact(d / 32);
-  AppendArgs a;
+  a = AppendArgs{};
   a.qkv = static_cast<const __half*>(qkv);
   a.positions = positions;
   a.seq_offsets = seq_offsets;
@@ -1706,7 +1773,10 @@ extern "C" int lowbit_kv4_rope_append(const void* qkv, const int* positions,
   a.nGroupsK = d / layout->k_group_size;
   a.nGroupsV = d / layout->v_group_size;
   a.P = paramsPerToken(layout);
-  auto s = static_cast<cudaStream_t>(stream);
+  return LOWBIT_OK;
+}
+
+int appendLaunch(const AppendArgs& a, dim3 blocks, int pw, int d, cudaStream_t s) {
   auto launch = [&](auto kernel) { kernel<<<blocks, kThreads, 0, s>>>(a); };
   if (d == 128)
     pw == 8 ? launch(kv4RopeAppendKernel<128, 8>)
@@ -1717,25 +1787,13 @@ extern "C" int lowbit_kv4_rope_append(const void* qkv, const int* positions,
   return launchStatus();
 }
 
-// Decode (T == B): the largest need of any batch <= B (the split rule is not monotone in B), so
-// a workspace sized at the profile's largest decode batch serves every smaller one.
-extern "C" size_t lowbit_kv4_attention_workspace(int T, int B, const lowbitKv4Layout* layout) {
-  if (checkLayout(layout) != LOWBIT_OK || T < 0 || B < 1) return 0;
-  DecodePlan plan;
-  if (T != B) return workspaceBytes(T, B, layout, &plan);
-  size_t mx = 0;
-  for (int bb = 1; bb <= B; ++bb) {
-    const size_t w = workspaceBytes(bb, bb, layout, &plan);
-    if (w > mx) mx = w;
-  }
-  return mx;
-}
 
-extern "C" int lowbit_kv4_attention(const void* q, const int* positions, const int* seq_offsets,
-                                    int T, int B, const int* block_table,
-                                    const lowbitKv4Layout* layout, const void* codes,
-                                    const void* params, void* out, void* workspace,
-                                    size_t workspace_bytes, void* stream) {
+// Checks the attention's arguments and fills its kernel arguments (nothing is launched); dec:
+// the decode path, reg: its register path. T == 0 is valid and launches nothing.
+int attentionPrepare(const void* q, const int* positions, const int* seq_offsets, int T, int B,
+                     const int* block_table, const lowbitKv4Layout* layout, const void* codes,
+                     const void* params, void* out, void* workspace, size_t workspace_bytes,
+                     AttnArgs& a, bool& dec, bool& reg) {
   int st = checkLayout(layout);
   if (st != LOWBIT_OK) return st;
   if (T < 0 || B < 1) return LOWBIT_ERR_BAD_SHAPE;
@@ -1750,7 +1808,7 @@ extern "C" int lowbit_kv4_attention(const void* q, const int* positions, const i
   const size_t need = workspaceBytes(T, B, layout, &plan);
   if (need > 0 && (!workspace || workspace_bytes < need)) return LOWBIT_ERR_BAD_SHAPE;
   if (need > 0 && !aligned16(workspace)) return LOWBIT_ERR_MISALIGNED;
-  AttnArgs a;
+  a = AttnArgs{};
   a.q = static_cast<const __half*>(q);
   a.positions = positions;
   a.seq_offsets = seq_offsets;
@@ -1776,10 +1834,87 @@ extern "C" int lowbit_kv4_attention(const void* q, const int* positions, const i
   a.splits = plan.splits;
   a.per = plan.per;
   a.scale_log2 = 1.4426950408889634f / sqrtf(static_cast<float>(layout->head_size));
+  dec = decodePath(T, B, layout);
+  reg = dec && decodeRegPath(B, layout);
+  return LOWBIT_OK;
+}
+
+int attentionLaunch(const AttnArgs& a, int T, int d, bool dec, bool reg, bool dependent,
+                    cudaStream_t s) {
+  if (d == 128)
+    return dec ? launchAttention<128, true>(a, T, reg, dependent, s)
+               : launchAttention<128, false>(a, T, reg, dependent, s);
+  return dec ? launchAttention<64, true>(a, T, reg, dependent, s)
+             : launchAttention<64, false>(a, T, reg, dependent, s);
+}
+
+}  // namespace
+}  // namespace lowbit
+
+using namespace lowbit;
+
+// Decode (T == B): the largest need of any batch <= B (the split rule is not monotone in B), so
+// a workspace sized at the profile's largest decode batch serves every smaller one.
+extern "C" size_t lowbit_kv4_attention_workspace(int T, int B, const lowbitKv4Layout* layout) {
+  if (checkLayout(layout) != LOWBIT_OK || T < 0 || B < 1) return 0;
+  DecodePlan plan;
+  if (T != B) return workspaceBytes(T, B, layout, &plan);
+  size_t mx = 0;
+  for (int bb = 1; bb <= B; ++bb) {
+    const size_t w = workspaceBytes(bb, bb, layout, &plan);
+    if (w > mx) mx = w;
+  }
+  return mx;
+}
+
+extern "C" int lowbit_kv4_rope_append(const void* qkv, const int* positions,
+                                      const int* seq_offsets, int T, int B,
+                                      const int* block_table, const float* inv_freq,
+                                      const lowbitKv4Layout* layout, void* codes, void* params,
+                                      void* q_out, void* stream) {
+  AppendArgs a;
+  dim3 blocks;
+  int pw = 0;
+  const int st = appendPrepare(qkv, positions, seq_offsets, T, B, block_table, inv_freq, layout,
+                               codes, params, q_out, a, blocks, pw);
+  if (st != LOWBIT_OK || T == 0) return st;
+  return appendLaunch(a, blocks, pw, layout->head_size, static_cast<cudaStream_t>(stream));
+}
+
+extern "C" int lowbit_kv4_attention(const void* q, const int* positions, const int* seq_offsets,
+                                    int T, int B, const int* block_table,
+                                    const lowbitKv4Layout* layout, const void* codes,
+                                    const void* params, void* out, void* workspace,
+                                    size_t workspace_bytes, void* stream) {
+  AttnArgs a;
+  bool dec = false, reg = false;
+  const int st = attentionPrepare(q, positions, seq_offsets, T, B, block_table, layout, codes,
+                                  params, out, workspace, workspace_bytes, a, dec, reg);
+  if (st != LOWBIT_OK || T == 0) return st;
+  return attentionLaunch(a, T, layout->head_size, dec, reg, false,
+                         static_cast<cudaStream_t>(stream));
+}
+
+// Both argument sets are checked before anything is launched.
+extern "C" int lowbit_kv4_rope_append_attention(
+    const void* qkv, const int* positions, const int* seq_offsets, int T, int B,
+    const int* block_table, const float* inv_freq, const lowbitKv4Layout* layout, void* codes,
+    void* params, void* q_buf, void* out, void* workspace, size_t workspace_bytes, void* stream) {
+  AppendArgs ap;
+  dim3 blocks;
+  int pw = 0;
+  int st = appendPrepare(qkv, positions, seq_offsets, T, B, block_table, inv_freq, layout, codes,
+                         params, q_buf, ap, blocks, pw);
+  if (st != LOWBIT_OK) return st;
+  AttnArgs a;
+  bool dec = false, reg = false;
+  st = attentionPrepare(q_buf, positions, seq_offsets, T, B, block_table, layout, codes, params,
+                        out, workspace, workspace_bytes, a, dec, reg);
+  if (st != LOWBIT_OK || T == 0) return st;
   auto s = static_cast<cudaStream_t>(stream);
-  const bool dec = decodePath(T, B, layout);
-  const bool reg = dec && decodeRegPath(B, layout);
-  if (layout->head_size == 128)
-    return dec ? launchAttention<128, true>(a, T, reg, s) : launchAttention<128, false>(a, T, reg, s);
-  return dec ? launchAttention<64, true>(a, T, reg, s) : launchAttention<64, false>(a, T, reg, s);
+  const bool dependent = !dec && prefillWgmma();
+  ap.trigger = dependent ? 1 : 0;
+  st = appendLaunch(ap, blocks, pw, layout->head_size, s);
+  if (st != LOWBIT_OK) return st;
+  return attentionLaunch(a, T, layout->head_size, dec, reg, dependent, s);
 }

@@ -51,6 +51,17 @@ LOWBIT_API int lowbit_kv4_attention(const void* q /*fp16 [T,nh,d]*/, const int* 
                                     void* out /*fp16 [T, nh*d]*/, void* workspace,
                                     size_t workspace_bytes, void* stream);
 
+// lowbit_kv4_rope_append (q into q_buf) then lowbit_kv4_attention on the same stream, both
+// argument sets checked before anything is launched; the result equals the two calls'. Prefill
+// on sm_90a launches the attention kernel as a programmatic dependent of the append kernel: its
+// CTAs start while the append drains and read positions, seq_offsets and block_table (which the
+// append does not write) before waiting for it (the wait covers q, codes and params).
+LOWBIT_API int lowbit_kv4_rope_append_attention(
+    const void* qkv /*fp16 [T,(nh+2nkv)d]*/, const int* positions, const int* seq_offsets, int T,
+    int B, const int* block_table, const float* inv_freq, const lowbitKv4Layout* layout,
+    void* codes, void* params, void* q_buf /*fp16 [T, nh, d]*/, void* out /*fp16 [T, nh*d]*/,
+    void* workspace, size_t workspace_bytes, void* stream);
+
 #ifdef __cplusplus
 }
 #endif

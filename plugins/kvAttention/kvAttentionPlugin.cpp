@@ -4,8 +4,9 @@
 //            5 kv_codes uint8 (or int8: same bytes) [L, NB, 2, nkv, tpb, d/2],
 //            6 kv_params fp16 [L, NB, nkv, tpb, P], P = 2 (d/gk + d/gv)
 //   outputs: 0 attn fp16 [T, nh d]; 1 kv_codes_out = input 5 (aliased); 2 kv_params_out = input 6
-// enqueue: lowbit_kv4_rope_append (q to the workspace, K/V of the new tokens into layer `layer` of
-// the pool), then lowbit_kv4_attention (T == B: decode path, else prefill) reading the pool.
+// enqueue: lowbit_kv4_rope_append_attention: RoPE + quantize-append (q to the workspace, K/V of the
+// new tokens into layer `layer` of the pool), then the attention (T == B: decode path, else
+// prefill) reading the pool; one call, so the prefill attention can start while the append drains.
 #include "kvAttention/kvAttentionPlugin.h"
 
 #include <algorithm>
@@ -215,13 +216,10 @@ int32_t Kv4AttentionPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc,
     std::string const ctx = "T = " + std::to_string(T) + ", B = " + std::to_string(B) +
                             ", NB = " + std::to_string(NB) + ", MB = " + std::to_string(MB) +
                             ", layer = " + std::to_string(p.layer);
-    int st = lowbit_kv4_rope_append(inputs[kQKV], positions, offsets, T, B, table,
-                                    static_cast<float const*>(inputs[kINVFREQ]), &l, codes,
-                                    kvParams, q, stream);
-    if (st != LOWBIT_OK) return launchResult(kNAME, "lowbit_kv4_rope_append", st, ctx);
-    st = lowbit_kv4_attention(q, positions, offsets, T, B, table, &l, codes, kvParams,
-                              outputs[kATTN], attnWorkspace, attnBytes, stream);
-    return launchResult(kNAME, "lowbit_kv4_attention", st, ctx);
+    int const st = lowbit_kv4_rope_append_attention(
+        inputs[kQKV], positions, offsets, T, B, table, static_cast<float const*>(inputs[kINVFREQ]),
+        &l, codes, kvParams, q, outputs[kATTN], attnWorkspace, attnBytes, stream);
+    return launchResult(kNAME, "lowbit_kv4_rope_append_attention", st, ctx);
   });
 }
 

@@ -45,6 +45,10 @@ _SIGNATURES: dict[str, list] = {
     # q, positions, seq_offsets, T, B, block_table, layout*, codes, params, out, workspace,
     # workspace_bytes, stream
     "lowbit_kv4_attention": [_P, _P, _P, _I, _I, _P, _P, _P, _P, _P, _P, ctypes.c_size_t, _P],
+    # qkv, positions, seq_offsets, T, B, block_table, inv_freq, layout*, codes, params, q_buf,
+    # out, workspace, workspace_bytes, stream
+    "lowbit_kv4_rope_append_attention": [_P, _P, _P, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P,
+                                         ctypes.c_size_t, _P],
 }
 # functions whose return type is not the int status
 _RESTYPES = {"lowbit_kv4_attention_workspace": ctypes.c_size_t}

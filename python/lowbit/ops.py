@@ -326,6 +326,14 @@ def _kv4_check(layout, positions, seq_offsets, block_table, codes, params, layer
     return b
 
 
+def _f16_out(out: torch.Tensor | None, name: str, shape: tuple, dev) -> torch.Tensor:
+    """out checked (fp16, shape, device, contiguous), or a new fp16 tensor of that shape."""
+    if out is None:
+        return torch.empty(shape, dtype=torch.float16, device=dev)
+    _check(out, name, torch.float16, shape, dev)
+    return out
+
+
 def kv4_rope_append(
     qkv: torch.Tensor, positions: torch.Tensor, seq_offsets: torch.Tensor,
     block_table: torch.Tensor, inv_freq: torch.Tensor, codes: torch.Tensor, params: torch.Tensor,
@@ -344,11 +352,7 @@ def kv4_rope_append(
     _check(qkv, "qkv", torch.float16, (t, layout.qkv_width))
     b = _kv4_check(layout, positions, seq_offsets, block_table, codes, params, layer, t, dev)
     _check(inv_freq, "inv_freq", torch.float32, (layout.head_size // 2,), dev)
-    if out is None:
-        out = torch.empty((t, layout.num_heads, layout.head_size), dtype=torch.float16,
-                          device=dev)
-    else:
-        _check(out, "out", torch.float16, (t, layout.num_heads, layout.head_size), dev)
+    out = _f16_out(out, "out", (t, layout.num_heads, layout.head_size), dev)
     if t == 0:
         return out
     lib = library.load()
@@ -389,17 +393,28 @@ def kv4_attention(
     t, dev = q.shape[0], q.device
     _check(q, "q", torch.float16, (t, layout.num_heads, layout.head_size))
     b = _kv4_check(layout, positions, seq_offsets, block_table, codes, params, layer, t, dev)
-    if out is None:
-        out = torch.empty((t, layout.num_heads * layout.head_size), dtype=torch.float16,
-                          device=dev)
-    else:
-        _check(out, "out", torch.float16, (t, layout.num_heads * layout.head_size), dev)
+    out = _f16_out(out, "out", (t, layout.num_heads * layout.head_size), dev)
     if t == 0:
         return out
     import ctypes
 
     lib = library.load()
     lay = _kv4_layout(layout, codes, block_table)
+    workspace, ws_bytes = _kv4_workspace(lib, lay, t, b, workspace, dev)
+    with _on_device(dev):
+        st = lib.lowbit_kv4_attention(
+            _ptr(q), _ptr(positions), _ptr(seq_offsets), t, b, _ptr(block_table),
+            ctypes.byref(lay), codes[layer].data_ptr(), params[layer].data_ptr(), _ptr(out),
+            _ptr(workspace), ws_bytes, _stream(dev))
+    library.check(st, "lowbit_kv4_attention")
+    return out
+
+
+def _kv4_workspace(lib, lay, t: int, b: int, workspace, dev):
+    """(workspace, bytes) for the attention of t tokens of b sequences: the given tensor, checked,
+    or one allocated here when the kernels need scratch and none was given."""
+    import ctypes
+
     need = int(lib.lowbit_kv4_attention_workspace(t, b, ctypes.byref(lay)))
     if need and workspace is None:
         workspace = torch.empty(need, dtype=torch.uint8, device=dev)
@@ -411,10 +426,37 @@ def kv4_attention(
         ws_bytes = workspace.numel() * workspace.element_size()
         if ws_bytes < need:
             raise ValueError(f"workspace: expected >= {need} bytes, found {ws_bytes}")
+    return workspace, ws_bytes
+
+
+def kv4_rope_append_attention(
+    qkv: torch.Tensor, positions: torch.Tensor, seq_offsets: torch.Tensor,
+    block_table: torch.Tensor, inv_freq: torch.Tensor, codes: torch.Tensor, params: torch.Tensor,
+    layer: int, layout, *, q_out: torch.Tensor | None = None, out: torch.Tensor | None = None,
+    workspace: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """kv4_rope_append then kv4_attention in one call (one C entry; the same results): operands
+    as those two; q_out: optional fp16 [T, nh, d] for q (scratch otherwise). On sm_90a the
+    prefill attention starts while the append drains (plugins/kvAttention/README.md).
+    returns fp16 [T, nh * d]."""
+    _rank(qkv, "qkv", 2)
+    t, dev = qkv.shape[0], qkv.device
+    _check(qkv, "qkv", torch.float16, (t, layout.qkv_width))
+    b = _kv4_check(layout, positions, seq_offsets, block_table, codes, params, layer, t, dev)
+    _check(inv_freq, "inv_freq", torch.float32, (layout.head_size // 2,), dev)
+    q_out = _f16_out(q_out, "q_out", (t, layout.num_heads, layout.head_size), dev)
+    out = _f16_out(out, "out", (t, layout.num_heads * layout.head_size), dev)
+    if t == 0:
+        return out
+    import ctypes
+
+    lib = library.load()
+    lay = _kv4_layout(layout, codes, block_table)
+    workspace, ws_bytes = _kv4_workspace(lib, lay, t, b, workspace, dev)
     with _on_device(dev):
-        st = lib.lowbit_kv4_attention(
-            _ptr(q), _ptr(positions), _ptr(seq_offsets), t, b, _ptr(block_table),
-            ctypes.byref(lay), codes[layer].data_ptr(), params[layer].data_ptr(), _ptr(out),
-            _ptr(workspace), ws_bytes, _stream(dev))
-    library.check(st, "lowbit_kv4_attention")
+        st = lib.lowbit_kv4_rope_append_attention(
+            _ptr(qkv), _ptr(positions), _ptr(seq_offsets), t, b, _ptr(block_table),
+            _ptr(inv_freq), ctypes.byref(lay), codes[layer].data_ptr(), params[layer].data_ptr(),
+            _ptr(q_out), _ptr(out), _ptr(workspace), ws_bytes, _stream(dev))
+    library.check(st, "lowbit_kv4_rope_append_attention")
     return out

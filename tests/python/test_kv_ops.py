@@ -159,7 +159,9 @@ def test_decode_many_heads_per_kv_head_uses_prefill_path(cuda_lib):
 
 def _prefill_case(lay: kv.KvLayout, past: list[int], new: list[int], seed: int = 0,
                   tol: float = 1e-2):
-    """rope_append + attention kernels vs the reference on copies of the same poisoned pool."""
+    """rope_append + attention kernels vs the reference on copies of the same poisoned pool; the
+    one-call kv4_rope_append_attention on a third copy must give the same bits as the two calls
+    (on sm_90a its attention kernel starts before the append ends: a missing wait would show)."""
     from lowbit import ops
 
     tot = [p + n for p, n in zip(past, new)]
@@ -173,6 +175,7 @@ def _prefill_case(lay: kv.KvLayout, past: list[int], new: list[int], seed: int =
                         device="cuda")
     inv = _inv_freq(lay.head_size)
     c_ref, p_ref = codes.clone(), params.clone()
+    c_one, p_one = codes.clone(), params.clone()
     q_ref = kv.rope_append(qkv, pos, offs, table, inv, c_ref, p_ref, 1, lay)
     ref = kv.attention(q_ref, pos, offs, table, c_ref, p_ref, 1, lay)
     q_out = torch.full_like(q_ref, float("nan"))
@@ -191,6 +194,14 @@ def _prefill_case(lay: kv.KvLayout, past: list[int], new: list[int], seed: int =
     out = torch.full((t, lay.num_heads * lay.head_size), float("nan"), dtype=torch.float16,
                      device="cuda")
     ops.kv4_attention(q, pos, offs, table, codes, params, 1, lay, out=out)
+    q_one = torch.full_like(q_ref, float("nan"))
+    out_one = torch.full_like(out, float("nan"))
+    ops.kv4_rope_append_attention(qkv, pos, offs, table, inv, c_one, p_one, 1, lay, q_out=q_one,
+                                  out=out_one)
+    assert torch.equal(q_one, q) and torch.equal(c_one, codes)
+    assert torch.equal(torch.isnan(p_one), torch.isnan(params))
+    assert torch.equal(p_one.nan_to_num(), params.nan_to_num())
+    assert torch.equal(out_one, out), "one-call path differs from rope_append + attention"
     for b in range(len(new)):
         a, e = int(offs[b]), int(offs[b + 1])
         if a == e:
@@ -263,3 +274,8 @@ def test_bad_inputs_raise(cuda_lib):
                             table, _inv_freq(64), codes, params, 0, lay)
     with pytest.raises(ValueError, match="layer: expected 0 <= layer < 1, found 1"):
         ops.kv4_attention(q, z, offs, table, codes, params, 1, lay)
+    qkv = torch.zeros(1, 768, dtype=torch.float16, device="cuda")
+    with pytest.raises(ValueError, match=r"q_out: expected shape \(1, 8, 64\), found \(1, 8, 32\)"):
+        ops.kv4_rope_append_attention(qkv, z, offs, table, _inv_freq(64), codes, params, 0, lay,
+                                      q_out=torch.zeros(1, 8, 32, dtype=torch.float16,
+                                                        device="cuda"))
