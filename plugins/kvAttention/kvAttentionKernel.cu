@@ -1651,7 +1651,7 @@ inline bool prefillWgmma() {
 
 // dependent: the prefill wgmma kernel is launched as a programmatic dependent of the stream's
 // previous kernel, which must not write positions, seq_offsets or the block table (it is the
-// append kernel of lowbit_kv4_rope_append_attention).
+// append kernel of lowbit_kv4_rope_append_attention); the mma.sync kernel ignores it.
 template <int D, bool DECODE>
 int launchAttention(const AttnArgs& a, int T, bool regPath, bool dependent, cudaStream_t stream) {
   int st;
@@ -1912,9 +1912,8 @@ extern "C" int lowbit_kv4_rope_append_attention(
                         out, workspace, workspace_bytes, a, dec, reg);
   if (st != LOWBIT_OK || T == 0) return st;
   auto s = static_cast<cudaStream_t>(stream);
-  const bool dependent = !dec && prefillWgmma();
-  ap.trigger = dependent ? 1 : 0;
+  ap.trigger = dec ? 0 : 1;  // prefill: launchAttention takes the wgmma kernel as a dependent
   st = appendLaunch(ap, blocks, pw, layout->head_size, s);
   if (st != LOWBIT_OK) return st;
-  return attentionLaunch(a, T, layout->head_size, dec, reg, dependent, s);
+  return attentionLaunch(a, T, layout->head_size, dec, reg, !dec, s);
 }

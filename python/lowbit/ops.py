@@ -334,6 +334,17 @@ def _f16_out(out: torch.Tensor | None, name: str, shape: tuple, dev) -> torch.Te
     return out
 
 
+def _kv4_append_check(qkv, positions, seq_offsets, block_table, inv_freq, codes, params, layer,
+                      layout) -> tuple[int, torch.device, int]:
+    """Checks the operands of kv4_rope_append; returns (T, device, B)."""
+    _rank(qkv, "qkv", 2)
+    t, dev = qkv.shape[0], qkv.device
+    _check(qkv, "qkv", torch.float16, (t, layout.qkv_width))
+    b = _kv4_check(layout, positions, seq_offsets, block_table, codes, params, layer, t, dev)
+    _check(inv_freq, "inv_freq", torch.float32, (layout.head_size // 2,), dev)
+    return t, dev, b
+
+
 def kv4_rope_append(
     qkv: torch.Tensor, positions: torch.Tensor, seq_offsets: torch.Tensor,
     block_table: torch.Tensor, inv_freq: torch.Tensor, codes: torch.Tensor, params: torch.Tensor,
@@ -347,11 +358,8 @@ def kv4_rope_append(
     [0, MB * tpb) and their blocks in [0, NB) (not checked on the device: out-of-range tokens are
     skipped). out: optional fp16 [T, nh, d]. returns q fp16 [T, nh, d].
     """
-    _rank(qkv, "qkv", 2)
-    t, dev = qkv.shape[0], qkv.device
-    _check(qkv, "qkv", torch.float16, (t, layout.qkv_width))
-    b = _kv4_check(layout, positions, seq_offsets, block_table, codes, params, layer, t, dev)
-    _check(inv_freq, "inv_freq", torch.float32, (layout.head_size // 2,), dev)
+    t, dev, b = _kv4_append_check(qkv, positions, seq_offsets, block_table, inv_freq, codes,
+                                  params, layer, layout)
     out = _f16_out(out, "out", (t, layout.num_heads, layout.head_size), dev)
     if t == 0:
         return out
@@ -398,9 +406,8 @@ def kv4_attention(
         return out
     import ctypes
 
-    lib = library.load()
-    lay = _kv4_layout(layout, codes, block_table)
-    workspace, ws_bytes = _kv4_workspace(lib, lay, t, b, workspace, dev)
+    lib, lay, workspace, ws_bytes = _kv4_attention_setup(layout, codes, block_table, t, b,
+                                                         workspace, dev)
     with _on_device(dev):
         st = lib.lowbit_kv4_attention(
             _ptr(q), _ptr(positions), _ptr(seq_offsets), t, b, _ptr(block_table),
@@ -410,11 +417,14 @@ def kv4_attention(
     return out
 
 
-def _kv4_workspace(lib, lay, t: int, b: int, workspace, dev):
-    """(workspace, bytes) for the attention of t tokens of b sequences: the given tensor, checked,
-    or one allocated here when the kernels need scratch and none was given."""
+def _kv4_attention_setup(layout, codes, block_table, t: int, b: int, workspace, dev):
+    """(library, lowbitKv4Layout, workspace, bytes) for the attention of t tokens of b sequences:
+    the workspace is the given tensor, checked, or one allocated here when the kernels need
+    scratch and none was given."""
     import ctypes
 
+    lib = library.load()
+    lay = _kv4_layout(layout, codes, block_table)
     need = int(lib.lowbit_kv4_attention_workspace(t, b, ctypes.byref(lay)))
     if need and workspace is None:
         workspace = torch.empty(need, dtype=torch.uint8, device=dev)
@@ -426,7 +436,7 @@ def _kv4_workspace(lib, lay, t: int, b: int, workspace, dev):
         ws_bytes = workspace.numel() * workspace.element_size()
         if ws_bytes < need:
             raise ValueError(f"workspace: expected >= {need} bytes, found {ws_bytes}")
-    return workspace, ws_bytes
+    return lib, lay, workspace, ws_bytes
 
 
 def kv4_rope_append_attention(
@@ -439,20 +449,16 @@ def kv4_rope_append_attention(
     as those two; q_out: optional fp16 [T, nh, d] for q (scratch otherwise). On sm_90a the
     prefill attention starts while the append drains (plugins/kvAttention/README.md).
     returns fp16 [T, nh * d]."""
-    _rank(qkv, "qkv", 2)
-    t, dev = qkv.shape[0], qkv.device
-    _check(qkv, "qkv", torch.float16, (t, layout.qkv_width))
-    b = _kv4_check(layout, positions, seq_offsets, block_table, codes, params, layer, t, dev)
-    _check(inv_freq, "inv_freq", torch.float32, (layout.head_size // 2,), dev)
+    t, dev, b = _kv4_append_check(qkv, positions, seq_offsets, block_table, inv_freq, codes,
+                                  params, layer, layout)
     q_out = _f16_out(q_out, "q_out", (t, layout.num_heads, layout.head_size), dev)
     out = _f16_out(out, "out", (t, layout.num_heads * layout.head_size), dev)
     if t == 0:
         return out
     import ctypes
 
-    lib = library.load()
-    lay = _kv4_layout(layout, codes, block_table)
-    workspace, ws_bytes = _kv4_workspace(lib, lay, t, b, workspace, dev)
+    lib, lay, workspace, ws_bytes = _kv4_attention_setup(layout, codes, block_table, t, b,
+                                                         workspace, dev)
     with _on_device(dev):
         st = lib.lowbit_kv4_rope_append_attention(
             _ptr(qkv), _ptr(positions), _ptr(seq_offsets), t, b, _ptr(block_table),
