@@ -12,14 +12,15 @@
 // Rules: d in {64, 128}; gk, gv multiples of 8 dividing d; tpb a power of two >= 8;
 // every pointer 16-byte aligned; decode (T == B) has one token per sequence.
 //
-// kv4RopeAppendKernel: a CTA per (token, 4 PW head units) (cos/sin of the token's d/2 angles once
-//   per CTA, in shared memory), one warp per head unit in turn; units are the nh q heads, nkv k heads and
-//   nkv v heads. Lane l holds channels [l c, l c + c), c = d/32, so the RoPE partner (j +- d/2) sits
-//   in lane l ^ 16. With a = float(p) * inv_freq[j] (fp32, as torch):
+// kv4RopeAppendKernel: a CTA per (token, 4 PW UPS head units) (cos/sin of the token's d/2 angles
+//   once per CTA, in shared memory); units are the nh q heads, nkv k heads and nkv v heads. A lane
+//   holds 8 channels [8 li, 8 li + 8) of one unit, a unit spans L = d/8 lanes and a warp step UPS =
+//   32/L units; the RoPE partner (j +- d/2) sits in lane li ^ L/2. With a = float(p) * inv_freq[j]
+//   (fp32, as torch):
 //     j <  d/2: y_j = x_j cos a_j - x_{j+d/2} sin a_j;  j >= d/2: y_j = x_j cos a' + x_{j-d/2} sin a'
 //   products and sum rounded separately (__fmul_rn/__fadd_rn: no FMA contraction, like torch), then
 //   rounded to fp16 (q written out; k quantized from the fp16 value). Quantize per group of g
-//   channels (g/c lanes, xor-shuffle min/max): scale = fp16((max - min) / 15), zero = fp16(min),
+//   channels (g/8 lanes, xor-shuffle min/max): scale = fp16((max - min) / 15), zero = fp16(min),
 //   code = scale > 0 ? clamp(rint((x - zero) / scale), 0, 15) : 0 (IEEE division, half-even).
 //
 // kv4AttentionKernel<D, DECODE>: flash attention over 64-token KV tiles (positions aligned to 64)
@@ -270,7 +271,7 @@ struct AppendArgs {
   __half* q_out;
   int B, nh, nkv, MB, NB;
   int lgTpb;               // log2 tokens_per_block
-  int lgLanesK, lgLanesV;  // log2 lanes per K / V group: log2(g / (d/32))
+  int lgLanesK, lgLanesV;  // log2 lanes per K / V group: log2(g / 8)
   int nGroupsK, nGroupsV;  // d / gk, d / gv
   int P;                   // params per (token, KV head): 2 (d/gk + d/gv)
   int trigger;             // a prefill attention follows as a programmatic dependent
@@ -282,64 +283,89 @@ inline int log2Exact(int v) {  // v a power of two
   return l;
 }
 
-// The lane's D/32 fp16 inputs of head unit u of token t, as raw bits (loaded ahead of use).
+// Lane geometry of the append: a lane holds 8 consecutive channels of one head unit (one 16-byte
+// load), so a unit spans L = D/8 lanes and a warp step covers UPS = 32/L consecutive units (2 at
+// d = 128, 4 at d = 64). With one warp per unit and D/32 channels per lane (earlier versions) the
+// per-unit fixed work (group shuffles, scale, control, addresses) was most of ~150 instructions
+// per K/V unit (ncu, NOTES log 26).
 template <int D>
-using AppendRaw = typename std::conditional<D == 128, uint2, uint32_t>::type;
-template <int D>
-__device__ __forceinline__ AppendRaw<D> kv4AppendLoad(const __half* __restrict__ qkv, int t,
-                                                      int u, int lane, int U) {
-  const __half* src = qkv + (static_cast<size_t>(t) * U + u) * D + lane * (D / 32);
-  return __ldg(reinterpret_cast<const AppendRaw<D>*>(src));
+struct AppendGeom {
+  static constexpr int L = D / 8;      // lanes per head unit
+  static constexpr int UPS = 32 / L;   // head units per warp step
+};
+
+__device__ __forceinline__ __half2 asHalf2(uint32_t v) {
+  __half2 h;
+  memcpy(&h, &v, 4);
+  return h;
+}
+__device__ __forceinline__ uint32_t asU32(__half2 h) {
+  uint32_t v;
+  memcpy(&v, &h, 4);
+  return v;
 }
 
-// One (token, head unit) of kv4RopeAppendKernel, one warp (u is warp-uniform). cb / pb: the
-// token's slot for KV head 0 in the codes / params of its pool block (null: the token has no
-// valid slot, nothing is written to the cache).
+// One warp step of kv4RopeAppendKernel: units uS + [0, UPS) of token t (uS warp-uniform), lane
+// (sub, li) = unit uS + sub, channels [8 li, 8 li + 8); raw: its 8 fp16 inputs (zero past uEnd).
+// Every lane runs the same instructions (q, K and V units may share a step: SmolLM2's 9 q heads);
+// roles only predicate the stores. cOff / pOff: the token's slot (KV head 0) in codes / params,
+// -1: no valid slot (nothing is written to the cache).
 template <int D>
-__device__ __forceinline__ void kv4AppendUnit(const AppendArgs& a, AppendRaw<D> raw, int t, int u,
-                                              int lane, uint8_t* cb, __half* pb,
-                                              const float* sCos, const float* sSin) {
-  constexpr int C = D / 32;
+__device__ __forceinline__ void kv4AppendStep(const AppendArgs& a, uint4 raw, int t, int uS,
+                                              int sub, int li, int uEnd, long long cOff,
+                                              long long pOff, const float* sCos,
+                                              const float* sSin) {
+  constexpr int L = AppendGeom<D>::L, UPS = AppendGeom<D>::UPS;
   const int nh = a.nh, nkv = a.nkv;
-  float x[C];
-  {
-    const __half* e = reinterpret_cast<const __half*>(&raw);
+  const int u = uS + sub;
+  const bool valid = u < uEnd;
+  uint32_t h[4] = {raw.x, raw.y, raw.z, raw.w};  // fp16 pairs (channel 8 li + 2i, + 2i + 1)
+  if (uS < nh + nkv) {  // warp-uniform: some unit of the step is q or k (RoPE)
+    // partner channel j +- d/2: the same slot of lane li ^ L/2 (sSin carries the sign, -, +)
+    float y[8];
+    const float4 c0 = *reinterpret_cast<const float4*>(sCos + li * 8);
+    const float4 c1 = *reinterpret_cast<const float4*>(sCos + li * 8 + 4);
+    const float4 s0 = *reinterpret_cast<const float4*>(sSin + li * 8);
+    const float4 s1 = *reinterpret_cast<const float4*>(sSin + li * 8 + 4);
+    const float cs[8] = {c0.x, c0.y, c0.z, c0.w, c1.x, c1.y, c1.z, c1.w};
+    const float sn[8] = {s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w};
 #pragma unroll
-    for (int i = 0; i < C; ++i) x[i] = __half2float(e[i]);
-  }
-  if (u < nh + nkv) {  // q or k: RoPE; sSin[j] carries the sign of the partner term (-, +)
-    float y[C];
-#pragma unroll
-    for (int i = 0; i < C; ++i) {
-      const float xp = __shfl_xor_sync(0xffffffffu, x[i], 16);
-      y[i] = __fadd_rn(__fmul_rn(x[i], sCos[lane * C + i]), __fmul_rn(xp, sSin[lane * C + i]));
+    for (int i = 0; i < 4; ++i) {
+      const float2 x = __half22float2(asHalf2(h[i]));
+      const float2 xp =
+          __half22float2(asHalf2(__shfl_xor_sync(0xffffffffu, h[i], L / 2)));
+      y[2 * i] = __fadd_rn(__fmul_rn(x.x, cs[2 * i]), __fmul_rn(xp.x, sn[2 * i]));
+      y[2 * i + 1] = __fadd_rn(__fmul_rn(x.y, cs[2 * i + 1]), __fmul_rn(xp.y, sn[2 * i + 1]));
     }
-    if (u < nh) {  // q: written as fp16
-      __half* dst = a.q_out + (static_cast<size_t>(t) * nh + u) * D + lane * C;
-      if constexpr (C == 4) {
-        *reinterpret_cast<uint2*>(dst) = make_uint2(packHalf2(y[0], y[1]), packHalf2(y[2], y[3]));
-      } else {
-        *reinterpret_cast<uint32_t*>(dst) = packHalf2(y[0], y[1]);
-      }
-      return;
+    uint32_t r[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) r[i] = packHalf2(y[2 * i], y[2 * i + 1]);
+    if (valid && u < nh)  // q: written as fp16
+      *reinterpret_cast<uint4*>(a.q_out + (static_cast<size_t>(t) * nh + u) * D + li * 8) =
+          make_uint4(r[0], r[1], r[2], r[3]);
+    if (uS + UPS <= nh) return;  // warp-uniform: q units only
+    if (u < nh + nkv) {          // k: quantize the rotated fp16 values
+#pragma unroll
+      for (int i = 0; i < 4; ++i) h[i] = r[i];
     }
-#pragma unroll
-    for (int i = 0; i < C; ++i) x[i] = __half2float(__float2half_rn(y[i]));  // k: fp16 value
   }
-  if (cb == nullptr) return;  // caller error (position outside the table): nothing written
-  const int isV = u >= nh + nkv ? 1 : 0;
-  const int h = u - nh - isV * nkv;
-  const int lgLanes = isV ? a.lgLanesV : a.lgLanesK;
-  // Group (min, max) as one half2 (min, -max) reduced with hmin2: exact, since every x is an
-  // fp16 value; one shuffle per round instead of two.
-  __half2 m = __floats2half2_rn(x[0], -x[0]);
+  // K / V lanes quantize h (q lanes of a mixed step compute alongside and store nothing).
+  const bool isV = u >= nh + nkv;
+  const int lgGl = isV ? a.lgLanesV : a.lgLanesK;  // log2 lanes per group (g / 8)
+  // Group (min, max) as one half2 (min, -max): exact on fp16 values (negation flips the sign
+  // bit), reduced over the group's lanes with one shuffle per round; rounds beyond the group
+  // shuffle with lane offset 0 (the lane's own value), so every lane runs log2 L rounds.
+  const __half2 mn2 = __hmin2(__hmin2(asHalf2(h[0]), asHalf2(h[1])),
+                              __hmin2(asHalf2(h[2]), asHalf2(h[3])));
+  const __half2 mx2 = __hmax2(__hmax2(asHalf2(h[0]), asHalf2(h[1])),
+                              __hmax2(asHalf2(h[2]), asHalf2(h[3])));
+  const uint32_t nmx = asU32(mx2) ^ 0x80008000u;
+  __half2 m = __hmin2(asHalf2(prmt(asU32(mn2), nmx, 0x5410)),   // (min lo, -max lo)
+                      asHalf2(prmt(asU32(mn2), nmx, 0x7632)));  // (min hi, -max hi)
+  const int glMask = (1 << lgGl) - 1;
 #pragma unroll
-  for (int i = 1; i < C; ++i) m = __hmin2(m, __floats2half2_rn(x[i], -x[i]));
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {  // lanes per group: 2..32, a warp-uniform power of two
-    const __half2 p = __shfl_xor_sync(0xffffffffu, m, o);
-    if (o < (1 << lgLanes)) m = __hmin2(m, p);
-  }
+  for (int o = 1; o < L; o <<= 1)
+    m = __hmin2(m, asHalf2(__shfl_xor_sync(0xffffffffu, asU32(m), o & glMask)));
   const float mn = __low2float(m), mx = -__high2float(m);
   const __half sh = __float2half_rn(divRnConst<15>(__fsub_rn(mx, mn)));  // = fl((mx - mn) / 15)
   const __half zh = __low2half(m);  // == mn
@@ -350,68 +376,82 @@ __device__ __forceinline__ void kv4AppendUnit(const AppendArgs& a, AppendRaw<D> 
   // is within 3.7e-6 of the quotient for |y| <= 15.5 (the clamp only ever decides beyond): only
   // a y within 4e-5 of a half-integer can round differently; d = y - rint(y) (one more fma)
   // flags it, and the exact division is redone. x - z >= 0 exactly (z is the group's smallest
-  // x), so only the upper clamp is needed.
-  uint32_t packed = 0;
-  if (s > 0.f) {
-    constexpr float kRound = 12582912.0f;  // 1.5 * 2^23
-    float inv;
-    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(inv) : "f"(s));  // s >= 2^-24: a normal fp32
-    float worst = 0.f;
-    int qi[C];
+  // x), so only the upper clamp is needed. s == 0 (a constant group): rcp taken as 0, codes 0.
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: the low byte of kRound + q is q
+  float inv;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(inv) : "f"(s));  // s >= 2^-24: a normal fp32
+  inv = s > 0.f ? inv : 0.f;
+  float xz[8], rq[8], worst = 0.f;
 #pragma unroll
-    for (int i = 0; i < C; ++i) {
-      const float xz = __fsub_rn(x[i], z);
-      const float rq = __fmaf_rn(xz, inv, kRound);  // kRound + rint(y)
-      qi[i] = __float_as_int(fminf(rq, kRound + 15.f));
-      worst = fmaxf(worst, fabsf(__fmaf_rn(xz, inv, kRound - rq)));
-    }
-    if (worst > 0.5f - 4e-5f) {
-#pragma unroll
-      for (int i = 0; i < C; ++i)
-        qi[i] = __float_as_int(fminf(fmaxf(__fdiv_rn(__fsub_rn(x[i], z), s), 0.f), 15.f) + kRound);
-    }
-#pragma unroll
-    for (int i = 0; i < C; ++i) packed |= (static_cast<uint32_t>(qi[i]) & 0xFu) << (4 * i);
+  for (int i = 0; i < 4; ++i) {
+    const float2 x = __half22float2(asHalf2(h[i]));
+    xz[2 * i] = __fsub_rn(x.x, z);
+    xz[2 * i + 1] = __fsub_rn(x.y, z);
   }
-  // codes [NB, 2, nkv, tpb, d/2]; params [NB, nkv, tpb, P]; 32-bit offsets within the block
-  uint8_t* dst = cb + (((isV * nkv + h) << a.lgTpb) * (D / 2) + lane * (C / 2));
-  if constexpr (C == 4) *reinterpret_cast<uint16_t*>(dst) = static_cast<uint16_t>(packed);
-  else *dst = static_cast<uint8_t>(packed);
-  if ((lane & ((1 << lgLanes) - 1)) == 0) {  // the group's first lane: its scale and zero
-    const int gi = lane >> lgLanes;
-    const int nG = isV ? a.nGroupsV : a.nGroupsK;
-    __half* pp = pb + (((h << a.lgTpb) * a.P) + (isV ? 2 * a.nGroupsK : 0) + gi);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const float r = __fmaf_rn(xz[i], inv, kRound);  // kRound + rint(y)
+    rq[i] = fminf(r, kRound + 15.f);
+    worst = fmaxf(worst, fabsf(__fmaf_rn(xz[i], inv, kRound - r)));
+  }
+  if (worst > 0.5f - 4e-5f) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) rq[i] = fminf(fmaxf(__fdiv_rn(xz[i], s), 0.f), 15.f) + kRound;
+  }
+  // 8 codes -> one word, nibble i = code of channel 8 li + i: gather the low bytes (q0..q3),
+  // fold each odd byte into the nibble above the even one (b | b >> 4), keep bytes 0 and 2.
+  uint32_t q[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) q[i] = __float_as_uint(rq[i]);
+  const uint32_t x0 = prmt(prmt(q[0], q[1], 0x0040), prmt(q[2], q[3], 0x0040), 0x5410);
+  const uint32_t x1 = prmt(prmt(q[4], q[5], 0x0040), prmt(q[6], q[7], 0x0040), 0x5410);
+  const uint32_t packed = prmt(x0 | (x0 >> 4), x1 | (x1 >> 4), 0x6420);
+  if (!valid || u < nh || cOff < 0) return;
+  // codes [NB, 2, nkv, tpb, d/2] (row (K|V, head) = u - nh); params [NB, nkv, tpb, P]
+  *reinterpret_cast<uint32_t*>(a.codes + cOff + ((u - nh) << a.lgTpb) * (D / 2) + li * 4) =
+      packed;
+  if ((li & glMask) == 0) {  // the group's first lane: its scale and zero
+    const int hd = u - nh - (isV ? nkv : 0);
+    __half* pp = a.params + pOff + (hd << a.lgTpb) * a.P + (isV ? 2 * a.nGroupsK : 0) +
+                 (li >> lgGl);
     pp[0] = sh;
-    pp[nG] = zh;
+    pp[isV ? a.nGroupsV : a.nGroupsK] = zh;
   }
 }
 
-// Grid (T, ceil(U / 4 PW)): a CTA per (token, 4 PW head units), PW per warp (8 for long chunks,
-// fewer when that would leave SMs idle), all loads issued first.
+// Grid (T, ceil(U / (4 PW UPS))): a CTA per (token, 4 PW UPS head units); warp w takes steps
+// w + 4k (k < PW) of UPS units each, PW = 1, 2 or 4 by chunk size (appendPrepare), all loads issued
+// first. (__launch_bounds__(128, 12), 40 registers instead of 47-55: no faster at PW 1-2, slower
+// at 4.)
 // Threads 0..d/2-1 compute the token's cos/sin (shared memory) while thread 64 finds the token's
-// sequence and pool block (only CTAs that hold K/V units) and the token's 64-bit slot addresses;
-// one barrier, then the units.
-// (__launch_bounds__(128, 10 or 12): 40-48 registers, 10-12 CTAs per SM, was 3-9% slower.)
+// sequence and pool block (only CTAs that hold K/V units) and the token's slot offsets; one
+// barrier, then the steps.
 template <int D, int PW>
 __global__ void __launch_bounds__(kThreads) kv4RopeAppendKernel(AppendArgs a) {
-  __shared__ float sCos[D], sSin[D];  // channel j: cos a_j, -+ sin a_j (- for j < d/2)
-  __shared__ uint8_t* sCb;  // the token's slot (KV head 0) in codes / params; null: none
-  __shared__ __half* sPb;
-  const int lane = threadIdx.x & 31;
+  constexpr int L = AppendGeom<D>::L, UPS = AppendGeom<D>::UPS;
+  __shared__ __align__(16) float sCos[D];  // channel j: cos a_j
+  __shared__ __align__(16) float sSin[D];  // channel j: -+ sin a_j (- for j < d/2)
+  __shared__ long long sCodeOff, sParOff;  // the token's slot (KV head 0); -1: none
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int sub = lane / L, li = lane % L;
   const int U = a.nh + 2 * a.nkv;
   const int t = blockIdx.x;
-  constexpr int W = kThreads / 32, kUnits = W * PW;
+  constexpr int W = kThreads / 32, kUnits = W * PW * UPS;
   const int ub = blockIdx.y * kUnits;
   const int uEnd = ub + kUnits < U ? ub + kUnits : U;
-  const int u0 = ub + (threadIdx.x >> 5);
-  AppendRaw<D> raw[PW];
   // a prefill attention launched as this grid's programmatic dependent may become resident once
   // every CTA has started (it waits for the grid's end before reading q, codes and params); only
   // then: the instruction cost 2% at 64 tokens (NOTES log 25)
   if (a.trigger) pdlTrigger();
+  uint4 raw[PW];
 #pragma unroll
-  for (int k = 0; k < PW; ++k)
-    if (u0 + W * k < uEnd) raw[k] = kv4AppendLoad<D>(a.qkv, t, u0 + W * k, lane, U);
+  for (int k = 0; k < PW; ++k) {
+    const int u = ub + (warp + W * k) * UPS + sub;
+    raw[k] = make_uint4(0u, 0u, 0u, 0u);
+    if (u < uEnd)
+      raw[k] = __ldg(reinterpret_cast<const uint4*>(
+          a.qkv + (static_cast<size_t>(t) * U + u) * D + li * 8));
+  }
   const int pos = a.positions[t];
   if (threadIdx.x < D / 2) {
     const float ang = __fmul_rn(static_cast<float>(pos), a.inv_freq[threadIdx.x]);
@@ -437,18 +477,17 @@ __global__ void __launch_bounds__(kThreads) kv4RopeAppendKernel(AppendArgs a) {
       if (blk >= a.NB) blk = -1;
     }
     const int slot = pos & ((1 << a.lgTpb) - 1);
-    sCb = blk < 0 ? nullptr
-                  : a.codes + ((static_cast<size_t>(blk) * 2 * a.nkv << a.lgTpb) + slot) * (D / 2);
-    sPb = blk < 0 ? nullptr
-                  : a.params + ((static_cast<size_t>(blk) * a.nkv << a.lgTpb) + slot) * a.P;
+    sCodeOff = blk < 0 ? -1 : ((static_cast<long long>(blk) * 2 * a.nkv << a.lgTpb) + slot) * (D / 2);
+    sParOff = blk < 0 ? -1 : ((static_cast<long long>(blk) * a.nkv << a.lgTpb) + slot) * a.P;
   }
   __syncthreads();
-  uint8_t* cb = uEnd > a.nh ? sCb : nullptr;
-  __half* pb = uEnd > a.nh ? sPb : nullptr;
+  const long long cOff = uEnd > a.nh ? sCodeOff : -1;
+  const long long pOff = uEnd > a.nh ? sParOff : -1;
 #pragma unroll
-  for (int k = 0; k < PW; ++k)
-    if (u0 + W * k < uEnd)
-      kv4AppendUnit<D>(a, raw[k], t, u0 + W * k, lane, cb, pb, sCos, sSin);
+  for (int k = 0; k < PW; ++k) {
+    const int uS = ub + (warp + W * k) * UPS;
+    if (uS < uEnd) kv4AppendStep<D>(a, raw[k], t, uS, sub, li, uEnd, cOff, pOff, sCos, sSin);
+  }
 }
 
 // ---- attention --------------------------------------------------------------------------------
@@ -1742,17 +1781,23 @@ int appendPrepare(const void* qkv, const int* positions, const int* seq_offsets,
     return LOWBIT_ERR_MISALIGNED;
   const int U = layout->num_heads + 2 * layout->num_kv_heads;
   const int sms = multiprocessorCount();
-  pw = 8;  // 8 from ~4 waves of CTAs (8 resident per SM) on, else 4 from one wave on, else 2
-  if (static_cast<long long>(T) * ((U + 31) / 32) < 32ll * sms) pw = 4;
-  if (pw == 4 && static_cast<long long>(T) * ((U + 15) / 16) < 8ll * sms) pw = 2;
-  const int unitCtas = (U + 4 * pw - 1) / (4 * pw);  // grid (T, unitCtas)
+  const int ups = 256 / layout->head_size;  // head units per warp step (AppendGeom)
+  auto ctas = [&](int p) {  // grid size with p steps per warp
+    return static_cast<long long>(T) * ((U + 4 * p * ups - 1) / (4 * p * ups));
+  };
+  // steps per warp: the largest of 4, 2, 1 that still gives >= 20 CTAs per SM (~2 waves at the
+  // 9-10 resident per SM). H100 sweep (NOTES log 26): 1 at 64 tokens, 2 at 512 (Llama-2-7B heads;
+  // 1 for Llama-3-8B's 48 units), 4 at 4096; 8 steps per warp was never the fastest.
+  pw = 4;
+  while (pw > 1 && ctas(pw) < 20ll * sms) pw /= 2;
+  const int unitCtas = (U + 4 * pw * ups - 1) / (4 * pw * ups);  // grid (T, unitCtas)
   if (unitCtas > 65535) return LOWBIT_ERR_BAD_SHAPE;
   // the kernel's offsets within one pool block (2 nkv tpb d/2 code bytes) are 32-bit
   if (static_cast<long long>(layout->num_kv_heads) * layout->tokens_per_block *
           layout->head_size > (1ll << 30))
     return LOWBIT_ERR_BAD_SHAPE;
   blocks = dim3(static_cast<unsigned>(T), static_cast<unsigned>(unitCtas));
-  const int d = layout->head_size, lgC = log2Exact(d / 32);
+  const int d = layout->head_size;
   a = AppendArgs{};
   a.qkv = static_cast<const __half*>(qkv);
   a.positions = positions;
@@ -1768,8 +1813,8 @@ int appendPrepare(const void* qkv, const int* positions, const int* seq_offsets,
   a.MB = layout->max_blocks_per_seq;
   a.NB = layout->num_blocks;
   a.lgTpb = log2Exact(layout->tokens_per_block);
-  a.lgLanesK = log2Exact(layout->k_group_size) - lgC;  // gk, gv: powers of two dividing d
-  a.lgLanesV = log2Exact(layout->v_group_size) - lgC;
+  a.lgLanesK = log2Exact(layout->k_group_size) - 3;  // gk, gv: powers of two >= 8 dividing d
+  a.lgLanesV = log2Exact(layout->v_group_size) - 3;
   a.nGroupsK = d / layout->k_group_size;
   a.nGroupsV = d / layout->v_group_size;
   a.P = paramsPerToken(layout);
@@ -1779,11 +1824,11 @@ int appendPrepare(const void* qkv, const int* positions, const int* seq_offsets,
 int appendLaunch(const AppendArgs& a, dim3 blocks, int pw, int d, cudaStream_t s) {
   auto launch = [&](auto kernel) { kernel<<<blocks, kThreads, 0, s>>>(a); };
   if (d == 128)
-    pw == 8 ? launch(kv4RopeAppendKernel<128, 8>)
-            : pw == 4 ? launch(kv4RopeAppendKernel<128, 4>) : launch(kv4RopeAppendKernel<128, 2>);
+    pw == 4   ? launch(kv4RopeAppendKernel<128, 4>)
+    : pw == 2 ? launch(kv4RopeAppendKernel<128, 2>) : launch(kv4RopeAppendKernel<128, 1>);
   else
-    pw == 8 ? launch(kv4RopeAppendKernel<64, 8>)
-            : pw == 4 ? launch(kv4RopeAppendKernel<64, 4>) : launch(kv4RopeAppendKernel<64, 2>);
+    pw == 4   ? launch(kv4RopeAppendKernel<64, 4>)
+    : pw == 2 ? launch(kv4RopeAppendKernel<64, 2>) : launch(kv4RopeAppendKernel<64, 1>);
   return launchStatus();
 }
 

@@ -248,9 +248,12 @@ def test_decode_step_through_both_kernels_sliding_window(cuda_lib):
 
 
 def test_append_smallest_groups_and_blocks(cuda_lib):
-    # 2 lanes per K group (d = 128, gk = 8) and 4 (d = 64, gk = 8); tokens_per_block 8 and 256
+    # one lane per K group (gk = 8: 8 channels per lane), V groups of 2 and 4 lanes;
+    # tokens_per_block 8 and 256; a warp step holds 256 / d units: (6, 3, 128) puts a K and a V
+    # unit with different group sizes in one step, (9, 3, 64) a q and three K units
     _prefill_case(kv.KvLayout(32, 8, 128, 8, 16, tokens_per_block=8), past=[0, 9], new=[30, 7])
     _prefill_case(kv.KvLayout(9, 3, 64, 8, 32, tokens_per_block=256), past=[250], new=[20])
+    _prefill_case(kv.KvLayout(6, 3, 128, 8, 32, tokens_per_block=16), past=[3, 40], new=[50, 9])
 
 
 def test_bad_inputs_raise(cuda_lib):
