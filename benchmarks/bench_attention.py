@@ -9,7 +9,9 @@ prefill: one sequence, a chunk of T new tokens from position 0: ours = rope_appe
          (writing the quantized cache included); SDPA = causal attention on fp16 q, k, v.
 append : rope_append alone vs a copy of the same number of bytes (qkv read, q written, codes and
          params written).
-Times: median of CUDA-graph replays (benchmarks/common.py). ratio = t_sdpa / t_ours (speed-up).
+Times: median of CUDA-graph replays (benchmarks/common.py); each contender of a ratio timed twice,
+in the order ours, theirs, theirs, ours, the smaller figure kept (common.time_pair: clocks drift
+after the decode sweep). ratio = t_sdpa / t_ours (speed-up).
 
 Run: PYTHONPATH=python python benchmarks/bench_attention.py [--out DIR] [--quick]
 """
@@ -25,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import copies_for, fmt_us, time_graph  # noqa: E402
+from common import copies_for, fmt_us, time_graph, time_pair  # noqa: E402
 
 from lowbit import kvcache as kv  # noqa: E402
 from lowbit import ops  # noqa: E402
@@ -71,13 +73,13 @@ def bench_decode(name: str, b: int, ctx: int) -> dict | None:
     out = torch.empty(b, nh * D, dtype=torch.float16, device="cuda")
     need = ops.kv4_attention_workspace(b, b, lay, codes.shape[1], table.shape[1])
     ws = torch.empty(max(need, 16), dtype=torch.uint8, device="cuda")
-    t = time_graph([lambda: ops.kv4_attention(q, pos, offs, table, codes, params, 0, lay,
-                                              out=out, workspace=ws)])
     moved = b * ctx * nkv * (D + 2 * lay.params_per_token) + 2 * b * nh * D * 2
     k = torch.randn(b, nkv, ctx, D, device="cuda", dtype=torch.float16)
     v = torch.randn(b, nkv, ctx, D, device="cuda", dtype=torch.float16)
     qs = q.reshape(b, nh, 1, D)
-    ts = time_graph([lambda: _sdpa(qs, k, v)])
+    t, ts = time_pair([lambda: ops.kv4_attention(q, pos, offs, table, codes, params, 0, lay,
+                                                 out=out, workspace=ws)],
+                      [lambda: _sdpa(qs, k, v)])
     return {"kind": "decode", "model": name, "batch": b, "context": ctx, "t": t, "t_sdpa": ts,
             "bytes": moved, "tbs": moved / t / 1e12,
             "sdpa_tbs": (b * ctx * nkv * 4 * D) / ts / 1e12, "speedup": ts / t}
@@ -108,13 +110,12 @@ def bench_prefill(name: str, t_new: int) -> dict:
         ops.kv4_rope_append_attention(qkv, pos, offs, table, inv, codes, params, 0, lay,
                                       q_out=qo, out=out)
 
-    t = time_graph([ours])
     ta = time_graph([lambda: ops.kv4_rope_append(qkv, pos, offs, table, inv, codes, params, 0,
                                                  lay, out=qo)])
     q = torch.randn(1, nh, t_new, D, device="cuda", dtype=torch.float16)
     k = torch.randn(1, nkv, t_new, D, device="cuda", dtype=torch.float16)
     v = torch.randn(1, nkv, t_new, D, device="cuda", dtype=torch.float16)
-    ts = time_graph([lambda: _sdpa(q, k, v, causal=True)])
+    t, ts = time_pair([ours], [lambda: _sdpa(q, k, v, causal=True)])
     flops = 4 * nh * D * t_new * (t_new + 1) / 2
     return {"kind": "prefill", "model": name, "tokens": t_new, "t": t, "t_append": ta,
             "t_sdpa": ts, "tflops": flops / t / 1e12, "sdpa_tflops": flops / ts / 1e12,
@@ -132,10 +133,10 @@ def bench_append(name: str, t_new: int) -> dict:
         sets.append((x, c, p))
     sets = [(x, c, p, torch.empty(t_new, nh, D, dtype=torch.float16, device="cuda"))
             for x, c, p in sets]
-    t = time_graph([lambda s=s: ops.kv4_rope_append(s[0], pos, offs, table, inv, s[1], s[2], 0,
-                                                    lay, out=s[3]) for s in sets])
     bufs = [torch.empty(moved // 2, dtype=torch.uint8, device="cuda") for _ in range(2 * nc)]
-    tc = time_graph([lambda i=i: bufs[2 * i + 1].copy_(bufs[2 * i]) for i in range(nc)])
+    t, tc = time_pair([lambda s=s: ops.kv4_rope_append(s[0], pos, offs, table, inv, s[1], s[2],
+                                                       0, lay, out=s[3]) for s in sets],
+                      [lambda i=i: bufs[2 * i + 1].copy_(bufs[2 * i]) for i in range(nc)])
     return {"kind": "append", "model": name, "tokens": t_new, "t": t, "t_copy": tc,
             "bytes": moved, "tbs": moved / t / 1e12, "ratio_vs_copy": t / tc}
 

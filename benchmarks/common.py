@@ -3,11 +3,14 @@
 Every measured function is replayed from a CUDA graph (so Python/ctypes launch overhead is
 excluded for every contender alike), cycling through several copies of its inputs so that the
 bytes it streams exceed the L2 cache (50 MB on H100) and the timing reflects HBM, not L2.
-The figure is the median over replays of (graph time / calls in the graph), timed with CUDA events.
+The figure is the median over replays of (graph time / calls in the graph), timed with CUDA events,
+after WARM_S seconds of warm-up replays (LOWBIT_BENCH_WARM_S; clocks sit under the power cap for a
+while after heavy work: measured 1575 MHz right after the attention decode sweep vs 1980 settled).
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 from collections.abc import Callable
 
@@ -15,6 +18,7 @@ import torch
 
 L2_BYTES = 50 * 2**20
 ROTATE_TARGET = 3 * L2_BYTES  # stream at least this many distinct bytes per cycle
+WARM_S = float(os.environ.get("LOWBIT_BENCH_WARM_S", "0.03"))  # warm-up replays before timing (s)
 
 
 def atom_perm(k: int, n_outliers: int) -> torch.Tensor:
@@ -48,19 +52,34 @@ def time_graph(fns: list[Callable[[], object]], calls: int = 0, replays: int = 1
     with torch.cuda.graph(graph):
         for i in range(calls):
             fns[i % len(fns)]()
-    for _ in range(3):
-        graph.replay()
-    times = []
-    for _ in range(replays):
+
+    def replay_s() -> float:  # seconds of one timed replay
         a = torch.cuda.Event(enable_timing=True)
         b = torch.cuda.Event(enable_timing=True)
         a.record()
         graph.replay()
         b.record()
         b.synchronize()
-        times.append(a.elapsed_time(b) * 1e-3 / calls)
-    del graph
+        return a.elapsed_time(b) * 1e-3
+
+    # warm-up: replay for >= WARM_S of GPU time so clocks settle after whatever ran before (the
+    # first prefill point after the decode sweep: 30.8 us with 3 warm-up replays, 27.9 with 30 ms)
+    for _ in range(min(500, max(2, int(WARM_S / max(replay_s(), 1e-6))))):
+        graph.replay()
+    times = [replay_s() / calls for _ in range(replays)]
     return statistics.median(times)
+
+
+def time_pair(fa: list[Callable[[], object]], fb: list[Callable[[], object]],
+              **kw) -> tuple[float, float]:
+    """time_graph of fa and of fb, measured in the order fa, fb, fb, fa; each figure is the
+    smaller of its two. Clocks drift after heavy work (H100: 1.5 GHz under its power cap right
+    after the decode sweep, back to 1.98 GHz within ~1 s), and a contender always timed first got
+    the slower clocks."""
+    ta = time_graph(fa, **kw)
+    tb = time_graph(fb, **kw)
+    tb = min(tb, time_graph(fb, **kw))
+    return min(ta, time_graph(fa, **kw)), tb
 
 
 def fmt_us(t: float | None) -> str:
