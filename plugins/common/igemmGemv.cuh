@@ -36,6 +36,8 @@
 // tile boundaries.
 #pragma once
 
+#include "common/pdl.cuh"
+
 namespace lowbit {
 namespace igemm {
 
@@ -150,6 +152,12 @@ __global__ void __launch_bounds__(KS * 32, KS < 16 ? 16 / KS : 1) gemvKernel(con
   const int myTiles = (tiles - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x;
   const int total = myTiles * cnt;
   const uint32_t rowB4 = (uint32_t)p.Kn >> 1, rowB8 = (uint32_t)p.K8;
+  // Launched as a programmatic dependent (launchGemvWith): the grid may become resident while the
+  // kernel before it (the activations' quantize, which triggers at its start) still runs; nothing
+  // is read or written before it has completed. (Prefetching this CTA's weight rows into L2 in
+  // that window, cp.async.bulk.prefetch.L2: 14.7 vs 11.7 us at 4096 x 11008 M = 1 for all of them,
+  // NOTES log 28.)
+  pdlWait();
   // tokens, clamped (rows >= M compute sums that are never stored): tokA(q) = the token whose
   // chunks this lane loads (g + 8q), tokX(i) = the one whose scale it applies (2t + (i & 1) +
   // 8 (i >> 1)); kept in registers (ta, tx) unless the activations are loaded late
@@ -476,6 +484,9 @@ __global__ void __launch_bounds__(KS * 32, KS < 16 ? 16 / KS : 1) gemvKernel(con
 // Tried and dropped (slower at every shape): weights through a cp.async ring in shared memory
 // (D = 4..5), KS = 4 or 8 with several CTAs per SM, NB = 1 with D = 4, KS = 11, bulk L2
 // prefetch (cp.async.bulk.prefetch.L2) of the next tile's rows (+25%).
+// Launched as a programmatic dependent of the stream's previous kernel (common/pdl.cuh; sm_90+):
+// with the quantize kernels' trigger at their start, W4A4 decode + its quantize took 2-7% less
+// and the GEMM alone 1-5% less in CUDA-graph replays (H100, NOTES log 28).
 template <int MODE, int KS, int NB, int D, int NTG>
 inline int launchGemvWith(const Problem& p, cudaStream_t stream) {
   using C = GemvConfig<KS, NB, NTG>;
@@ -496,8 +507,7 @@ inline int launchGemvWith(const Problem& p, cudaStream_t stream) {
   const int tiles = (p.N + NB * 16 - 1) / (NB * 16);
   const int slots = occ * multiprocessorCount();
   const int grid = tiles < slots ? tiles : slots;
-  kernel<<<grid, C::kThreads, C::kSmemBytes, stream>>>(p);
-  return launchStatus();
+  return launchDependent(kernel, dim3(grid), dim3(C::kThreads), C::kSmemBytes, stream, p);
 }
 
 // NTG = 4 / 8 (M = 17..32 / 33..64; NTG = 8 W4A4 only) keep the warp count but one 16-column

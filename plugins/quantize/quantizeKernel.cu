@@ -27,6 +27,8 @@
 // reorder gathers it in perm order; each thread then produces 8 consecutive output channels
 // ("chunk"), G/8 consecutive lanes share a group and reduce its amax with xor shuffles, so h
 // never leaves registers. The int8 kernel keeps the row in registers.
+// Every kernel here calls pdlTrigger() at its start: the decode GEMM (gemv) that follows is a
+// programmatic dependent and may become resident meanwhile (it waits for this grid's end).
 // Division: q = rint(h * (1/s)) with an exact __fdiv_rn fallback near half-integers (quant8), so
 // the result equals rint(h / s) with IEEE division.
 #include "quantize/quantizeKernel.h"
@@ -41,6 +43,7 @@
 #include "common/asyncCopy.cuh"
 #include "common/cudaCheck.h"
 #include "common/divConst.cuh"
+#include "common/pdl.cuh"
 
 namespace lowbit {
 namespace {
@@ -238,6 +241,7 @@ atomQuantizeKernel(
     const T* __restrict__ x, const T* __restrict__ gamma, const int* __restrict__ perm, float eps,
     int M, int K, int Ko, float clip, uint32_t* __restrict__ x4, __half* __restrict__ xs4,
     int8_t* __restrict__ x8, __half* __restrict__ xs8) {
+  pdlTrigger();  // the gemv that follows (a programmatic dependent) may start: common/pdl.cuh
   extern __shared__ __align__(16) uint8_t smemRaw[];
   __shared__ float scratch[32];
   T* sx = reinterpret_cast<T*>(smemRaw);
@@ -351,6 +355,7 @@ __global__ void __launch_bounds__(NT, 1024 / NT) atomQuantizeFastKernel(
     const T* __restrict__ x, const T* __restrict__ gamma, const int* __restrict__ perm, float eps,
     int M, int K, int Ko, float clip, int Tg, uint32_t* __restrict__ x4, __half* __restrict__ xs4,
     int8_t* __restrict__ x8, __half* __restrict__ xs8) {
+  pdlTrigger();  // the gemv that follows (a programmatic dependent) may start: common/pdl.cuh
   // Shared memory (all dynamic): so int32 [K] | partial fp32 [R][2][8] | sg fp32 [K] (with gamma)
   // | slots T [R][2][K].
   extern __shared__ __align__(16) uint8_t smemRaw[];
@@ -603,6 +608,7 @@ rmsnormQuantizeInt8Kernel(
     const T* __restrict__ x, const T* __restrict__ gamma, float eps,
     const float* __restrict__ staticScale, int M, int K, int8_t* __restrict__ q,
     float* __restrict__ xs) {
+  pdlTrigger();  // the gemv that follows (a programmatic dependent) may start: common/pdl.cuh
   __shared__ float scratch[32];
   const int nv = K / 8;
   uint4 v[kMaxVec];

@@ -467,6 +467,65 @@ def test_cuda_graph_capture(cuda_lib) -> None:
     assert torch.equal(y, eager)
 
 
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode,m", [("w4a4", 1), ("w4a4", 16), ("w8a8", 1), ("w8a8", 16)])
+def test_decode_gemm_waits_for_the_quantize_before_it(cuda_lib, mode, m) -> None:
+    # On sm_90 the decode gemv is a programmatic dependent of the kernel before it and the
+    # quantize kernels trigger at their start: queued back to back with every quantize rewriting
+    # the SAME activation buffers, each product must still see its own step's activations
+    g = _gen((mode, m, 11))
+    k, n, ko, gs, steps = 4096, 4096, 128, 128, 6
+    xs = [_activation(m, k, torch.float16, g) for _ in range(steps)]
+    gamma = (torch.rand(k, generator=g, device="cuda") + 0.5).half()
+    if mode == "w4a4":
+        perm = _perm(xs[0], ko)
+        w = AtomWeight(_rand_i8((n, (k - ko) // 2), -128, 127, g),
+                       _rand_scale((n, (k - ko) // gs), g), _rand_i8((n, ko), -127, 127, g),
+                       _rand_scale((n,), g))
+        ws4t = packing.pack_w4a4_scales(w.ws4)
+        buf = _poisoned_atom(m, k, ko, gs)
+
+        def step(x, out=None, act=None):
+            a = ops.atom_rmsnorm_quantize(x, gamma, perm, 1e-5, ko, gs, 0.9, out=act)
+            return ops.w4a4_gemm(*a, w.w4, ws4t, w.w8, w.ws8, gs, out=out)
+    else:
+        wq, ws = _rand_i8((n, k), -127, 127, g), torch.rand(n, generator=g, device="cuda")
+        buf = (torch.empty(m, k, dtype=torch.int8, device="cuda"),
+               torch.empty(m, dtype=torch.float32, device="cuda"))
+
+        def step(x, out=None, act=None):
+            return ops.w8a8_gemm(*ops.rmsnorm_quantize_int8(x, gamma, 1e-5, out=act), wq, ws,
+                                 out=out)
+
+    ref = []
+    for x in xs:  # one step at a time, synchronized
+        ref.append(step(x))
+        torch.cuda.synchronize()
+    ys = [torch.full((m, n), float("nan"), dtype=torch.float16, device="cuda") for _ in xs]
+
+    def chain():  # back to back on one stream, shared activation buffers
+        for x, y in zip(xs, ys):
+            step(x, out=y, act=buf)
+
+    # captured in a CUDA graph, as served: launched eagerly, Python's launch overhead alone would
+    # let each quantize finish before its GEMM is even queued
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        chain()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        chain()
+    for y in ys:
+        y.fill_(float("nan"))
+    for _ in range(3):
+        graph.replay()
+    torch.cuda.synchronize()
+    for i, (y, r) in enumerate(zip(ys, ref)):
+        assert torch.equal(y, r), f"step {i}: the GEMM read activations of another step"
+
 # ---- CPU-side checks (no GPU, no library needed) ----------------------------------------------
 def test_import_does_not_load_library() -> None:
     code = "import lowbit.ops, lowbit.library as l; print(l._lib is None)"
