@@ -125,7 +125,9 @@ class AtomLinear:
             a = ops.atom_reorder_quantize(x.half().contiguous(), self.perm, self.n_outliers,
                                           self.group, self.clip)
             w = self.weight
-            y = ops.w4a4_gemm(*a, w.w4, self.ws4t, w.w8, w.ws8, self.group).float()
+            # weights packed once at construction; the kernel right before is the quantize above
+            y = ops.w4a4_gemm(*a, w.w4, self.ws4t, w.w8, w.ws8, self.group,
+                              weights_constant=True).float()
         else:
             a = R.atom_reorder_quantize(x, self.perm, self.n_outliers, self.group, self.clip)
             if self.codes is None:  # widened once, on first use of the reference path

@@ -86,6 +86,7 @@ struct Problem {
   int slices4;         // Kn / 128
   int slices8;         // ceil(K8 / 64)
   int as8Stride;       // 1: per-row scale, 0: one static scale
+  int constWeights;    // 1: b4 / bs4t / b8 / bs8 not written by the previous kernel (gemv)
 };
 
 // Four 8x(16 B) matrices; lane L gives the row address of matrix L/8, row L%8; register j of

@@ -36,10 +36,14 @@
 // tile boundaries.
 #pragma once
 
+#include <type_traits>
+
 #include "common/pdl.cuh"
 
 namespace lowbit {
 namespace igemm {
+
+constexpr int kLoadW = 1, kLoadA = 2;  // gemvKernel's load parts: weights, activations
 
 // 16-byte streaming load: read-only path, no L1 allocation (weights are read exactly once); the
 // L2::256B hint makes L2 fetch the surrounding 256 B (a row's neighbouring super-chunks, which
@@ -153,13 +157,12 @@ __global__ void __launch_bounds__(KS * 32, KS < 16 ? 16 / KS : 1) gemvKernel(con
   const int total = myTiles * cnt;
   const uint32_t rowB4 = (uint32_t)p.Kn >> 1, rowB8 = (uint32_t)p.K8;
   // Launched as a programmatic dependent (launchGemvWith): the grid may become resident while the
-  // kernel before it (the activations' quantize, which triggers at its start) still runs; nothing
-  // is read or written before it has completed, not even the weights: whatever kernel precedes
-  // this one may have written them (a repack, a scale transpose), and only griddepcontrol.wait
-  // makes its writes visible. (Loading the first items' weights before the wait took W4A4 +
-  // quantize at M = 1 from 14.7 to 13.2 us; it would need a caller's promise that the weights are
-  // not written by the previous kernel, which the C ABI cannot carry today: NOTES log 28.)
-  pdlWait();
+  // kernel before it (the activations' quantize, which triggers at its start) still runs. Until
+  // pdlWait() (in the prologue below) nothing is written, and nothing is read unless the caller
+  // promised constant weights (p.constWeights: not written by the kernel right before this one;
+  // only griddepcontrol.wait makes that kernel's writes visible): then, for W4A4 at M <= 8, the
+  // first items' weights. (Prefetching this CTA's weight rows into L2 in that window,
+  // cp.async.bulk.prefetch.L2: 14.7 vs 11.7 us at 4096 x 11008 M = 1 for all of them, log 28.)
   // tokens, clamped (rows >= M compute sums that are never stored): tokA(q) = the token whose
   // chunks this lane loads (g + 8q), tokX(i) = the one whose scale it applies (2t + (i & 1) +
   // 8 (i >> 1)); kept in registers (ta, tx) unless the activations are loaded late
@@ -185,61 +188,76 @@ __global__ void __launch_bounds__(KS * 32, KS < 16 ? 16 / KS : 1) gemvKernel(con
       row4[j] = ((uint32_t)min(lN0 + j * 16, p.N - 16) + g) * rowB4 + t * 16;
   };
   setTile();
-  auto load = [&](GemvStage<MODE, NB, NTG>& st) {
+  // load(st, part): the next work item's operands into stage st, part = kLoadW (weights and their
+  // scales: constant, may be read before pdlWait), kLoadA (activations and their scales) or both;
+  // advances the loader position either way.
+  auto load = [&](GemvStage<MODE, NB, NTG>& st, auto part) {
+    constexpr bool kW = (decltype(part)::value & kLoadW) != 0;
+    constexpr bool kA = (decltype(part)::value & kLoadA) != 0 && !kLateA;
     const int sc = lSc;
     if (lIt < total) {
       if (sc < S4) {
         const uint32_t o = (uint32_t)sc * kSliceBytes;
-        if constexpr (!kLateA) {
+        if constexpr (kA) {
 #pragma unroll
           for (int q = 0; q < NTG; ++q)
             st.a[q] = ldgCached16(p.a4 + (ta[q] * rowB4 + t * 16 + o));
 #pragma unroll
           for (int i = 0; i < NX; ++i) st.x[i] = ldgCached2(p.as4 + (tx[i] * p.ng + sc));
         }
-        const __half* ws = p.bs4t + (size_t)sc * p.N + g;
+        if constexpr (kW) {
+          const __half* ws = p.bs4t + (size_t)sc * p.N + g;
 #pragma unroll
-        for (int j = 0; j < NB; ++j) {
-          const int nb = min(lN0 + j * 16, p.N - 16);
-          st.b0[j] = ldgStream16(p.b4 + (row4[j] + o));
-          st.b1[j] = ldgStream16(p.b4 + (row4[j] + 8 * rowB4 + o));
-          st.w0[j] = ldgCached2(ws + nb);
-          st.w1[j] = ldgCached2(ws + nb + 8);
+          for (int j = 0; j < NB; ++j) {
+            const int nb = min(lN0 + j * 16, p.N - 16);
+            st.b0[j] = ldgStream16(p.b4 + (row4[j] + o));
+            st.b1[j] = ldgStream16(p.b4 + (row4[j] + 8 * rowB4 + o));
+            st.w0[j] = ldgCached2(ws + nb);
+            st.w1[j] = ldgCached2(ws + nb + 8);
+          }
         }
       } else if (sc < S) {
         const uint32_t o = (uint32_t)(sc - S4) * kSliceBytes + t * 16;
         if (o < rowB8) {  // K8 % 16 == 0: a chunk is all in or all out
-          if constexpr (!kLateA) {
+          if constexpr (kA) {
 #pragma unroll
             for (int q = 0; q < NTG; ++q) st.a[q] = ldgCached16(p.a8 + (ta[q] * rowB8 + o));
           }
+          if constexpr (kW) {
 #pragma unroll
-          for (int j = 0; j < NB; ++j) {
-            const uint32_t r = (uint32_t)min(lN0 + j * 16, p.N - 16) + g;
-            st.b0[j] = ldgStream16(p.b8 + (r * rowB8 + o));
-            st.b1[j] = ldgStream16(p.b8 + ((r + 8) * rowB8 + o));
+            for (int j = 0; j < NB; ++j) {
+              const uint32_t r = (uint32_t)min(lN0 + j * 16, p.N - 16) + g;
+              st.b0[j] = ldgStream16(p.b8 + (r * rowB8 + o));
+              st.b1[j] = ldgStream16(p.b8 + ((r + 8) * rowB8 + o));
+            }
           }
         } else {
+          if constexpr (kA) {
 #pragma unroll
-          for (int q = 0; q < NTA; ++q) st.a[q] = zero;
+            for (int q = 0; q < NTA; ++q) st.a[q] = zero;
+          }
+          if constexpr (kW) {
 #pragma unroll
-          for (int j = 0; j < NB; ++j) {
-            st.b0[j] = zero;
-            st.b1[j] = zero;
+            for (int j = 0; j < NB; ++j) {
+              st.b0[j] = zero;
+              st.b1[j] = zero;
+            }
           }
         }
         if constexpr (MODE != kW8A8) {  // Atom outliers are folded per item: fp16 scales now
           const __half* xs8 = static_cast<const __half*>(p.as8);
           const __half* ws8 = static_cast<const __half*>(p.bs8);
-          if constexpr (!kLateA) {
+          if constexpr (kA) {
 #pragma unroll
             for (int i = 0; i < NX; ++i) st.x[i] = ldgCached2(xs8 + tx[i]);
           }
+          if constexpr (kW) {
 #pragma unroll
-          for (int j = 0; j < NB; ++j) {
-            const int nb = min(lN0 + j * 16, p.N - 16);
-            st.w0[j] = ldgCached2(ws8 + nb + g);
-            st.w1[j] = ldgCached2(ws8 + nb + 8 + g);
+            for (int j = 0; j < NB; ++j) {
+              const int nb = min(lN0 + j * 16, p.N - 16);
+              st.w0[j] = ldgCached2(ws8 + nb + g);
+              st.w1[j] = ldgCached2(ws8 + nb + 8 + g);
+            }
           }
         }
       }
@@ -462,13 +480,34 @@ __global__ void __launch_bounds__(KS * 32, KS < 16 ? 16 / KS : 1) gemvKernel(con
       buf[d].w1[j] = 0u;
     }
   }
+  // Prologue. W4A4 with M <= 8 and constant weights: the first D - 1 items' weights before
+  // pdlWait (2-4 KiB per warp come in while the quantize before this kernel runs), then their
+  // activations: W4A4 + quantize at M = 1 14.8 -> 13.1 us (4096 x 11008), 7.9 -> 6.8 us (4096 x
+  // 4096). At M = 16 and for W8A8 the split made the GEMM alone 2-12% slower (NOTES log 28).
+  // Otherwise: wait, then load.
+  bool early = false;
+  if constexpr (MODE != kW8A8 && NTG == 1) early = p.constWeights != 0;
+  if (early) {
+    const int sc0 = lSc, n00 = lN0, it00 = lIt;
 #pragma unroll
-  for (int d = 0; d < D - 1; ++d) load(buf[d]);
+    for (int d = 0; d < D - 1; ++d) load(buf[d], std::integral_constant<int, kLoadW>{});
+    pdlWait();
+    lSc = sc0;
+    lN0 = n00;
+    lIt = it00;
+    setTile();
+#pragma unroll
+    for (int d = 0; d < D - 1; ++d) load(buf[d], std::integral_constant<int, kLoadA>{});
+  } else {
+    pdlWait();
+#pragma unroll
+    for (int d = 0; d < D - 1; ++d) load(buf[d], std::integral_constant<int, kLoadW | kLoadA>{});
+  }
   for (int it0 = 0; it0 < total; it0 += D) {
 #pragma unroll
     for (int d = 0; d < D; ++d) {
       if (it0 + d < total) {
-        load(buf[(d + D - 1) % D]);
+        load(buf[(d + D - 1) % D], std::integral_constant<int, kLoadW | kLoadA>{});
         compute(buf[d]);
       }
     }

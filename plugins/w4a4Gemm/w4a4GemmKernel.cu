@@ -36,7 +36,7 @@ using namespace lowbit;
 extern "C" int lowbit_w4a4_gemm(const void* x4, const void* xs4, const void* x8, const void* xs8,
                                 const void* w4, const void* ws4t, const void* w8, const void* ws8,
                                 void* y, int M, int N, int Kn, int Ko, int group_size, int config,
-                                void* stream) {
+                                int flags, void* stream) {
   if (M < 0 || N < 8 || Kn <= 0 || Ko < 0) return LOWBIT_ERR_BAD_SHAPE;
   if (N % 8 || Kn % 128 || Ko % 16) return LOWBIT_ERR_DIVISIBILITY;
   if (group_size != 128 && group_size != 64) return LOWBIT_ERR_UNSUPPORTED;
@@ -46,6 +46,7 @@ extern "C" int lowbit_w4a4_gemm(const void* x4, const void* xs4, const void* x8,
     return LOWBIT_ERR_MISALIGNED;
   if ((reinterpret_cast<uintptr_t>(ws4t) | reinterpret_cast<uintptr_t>(y)) & 3)
     return LOWBIT_ERR_MISALIGNED;
+  if (flags & ~LOWBIT_GEMM_CONST_WEIGHTS) return LOWBIT_ERR_UNSUPPORTED;  // unknown flag bits
   if (M == 0) return LOWBIT_OK;
 
   igemm::Problem p{};
@@ -66,6 +67,7 @@ extern "C" int lowbit_w4a4_gemm(const void* x4, const void* xs4, const void* x8,
   p.slices4 = Kn / 128;
   p.slices8 = (Ko + igemm::kSliceBytes - 1) / igemm::kSliceBytes;
   p.as8Stride = 1;
+  p.constWeights = (flags & LOWBIT_GEMM_CONST_WEIGHTS) ? 1 : 0;
   auto s = static_cast<cudaStream_t>(stream);
   return group_size == 128 ? igemm::dispatch<igemm::kW4A4G128>(p, config, s)
                            : igemm::dispatch<igemm::kW4A4G64>(p, config, s);

@@ -24,11 +24,17 @@ extern "C" {
 //         and for M = 65..511 where its tiles fill half the SMs), 8 wgmma ping-pong variant
 //         (slower; kept for the record, never auto). 7/8 return LOWBIT_ERR_UNSUPPORTED on other
 //         GPUs or when the library lacks sm_90a code.
+// flags: 0 or LOWBIT_GEMM_CONST_WEIGHTS, the caller's promise that w4, ws4t, w8 and ws8 are not
+//        written by the kernel enqueued right before this call on `stream` (engine constants, a
+//        runtime's loaded weights). The decode kernel is a programmatic dependent of that kernel
+//        (sm_90); with the promise it reads its first weights before that kernel has completed
+//        (W4A4 at M <= 8: plugins/NOTES.md log 28), without it nothing before.
 // stream: a cudaStream_t (0 = legacy default). Asynchronous; returns a lowbitStatus.
+#define LOWBIT_GEMM_CONST_WEIGHTS 1
 LOWBIT_API int lowbit_w4a4_gemm(const void* x4, const void* xs4, const void* x8, const void* xs8,
                                 const void* w4, const void* ws4t, const void* w8, const void* ws8,
                                 void* y, int M, int N, int Kn, int Ko, int group_size, int config,
-                                void* stream);
+                                int flags, void* stream);
 
 #ifdef __cplusplus
 }

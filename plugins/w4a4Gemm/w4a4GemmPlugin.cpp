@@ -109,7 +109,8 @@ int32_t W4A4GemmPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc,
     // With K_o = 0 the outlier operands are empty tensors (possibly null); the launcher ignores them.
     int const st = lowbit_w4a4_gemm(inputs[kX4], inputs[kXS4], inputs[kX8], inputs[kXS8],
                                     inputs[kW4], inputs[kWS4T], inputs[kW8], inputs[kWS8],
-                                    outputs[0], M, N, Kn, Ko, G, kAutoConfig, stream);
+                                    outputs[0], M, N, Kn, Ko, G, kAutoConfig,
+                                    LOWBIT_GEMM_CONST_WEIGHTS, stream);  // engine constants
     return launchResult(kNAME, "lowbit_w4a4_gemm", st,
                         "M = " + std::to_string(M) + ", N = " + std::to_string(N) +
                             ", K_n = " + std::to_string(Kn) + ", K_o = " + std::to_string(Ko) +

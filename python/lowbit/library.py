@@ -29,8 +29,8 @@ _I = ctypes.c_int
 _F = ctypes.c_float
 # name -> argtypes (all functions return int status, except the string getters)
 _SIGNATURES: dict[str, list] = {
-    # x4, xs4, x8, xs8, w4, ws4t, w8, ws8, y, M, N, Kn, Ko, group_size, config, stream
-    "lowbit_w4a4_gemm": [_P] * 9 + [_I] * 6 + [_P],
+    # x4, xs4, x8, xs8, w4, ws4t, w8, ws8, y, M, N, Kn, Ko, group_size, config, flags, stream
+    "lowbit_w4a4_gemm": [_P] * 9 + [_I] * 7 + [_P],
     # xq, xs, xs_per_token, wq, ws, y, M, N, K, config, stream
     "lowbit_w8a8_gemm": [_P, _P, _I, _P, _P, _P, _I, _I, _I, _I, _P],
     # x, dtype, gamma, perm, eps, M, K, Ko, group_size, clip, x4, xs4, x8, xs8, stream

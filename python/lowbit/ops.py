@@ -84,6 +84,7 @@ def w4a4_gemm(
     x4: torch.Tensor, xs4: torch.Tensor, x8: torch.Tensor, xs8: torch.Tensor,
     w4: torch.Tensor, ws4t: torch.Tensor, w8: torch.Tensor, ws8: torch.Tensor,
     group_size: int = 128, *, out: torch.Tensor | None = None, config: str = "auto",
+    weights_constant: bool = False,
 ) -> torch.Tensor:
     """Atom W4A4 mixed-precision group GEMM (lowbit.reference.atom_gemm, rounded to fp16).
 
@@ -93,6 +94,9 @@ def w4a4_gemm(
     G in (64, 128). out: optional fp16 [M, N]. config: "auto", or force a kernel:
     "gemv" (M <= 64, G = 128; "gemv_k16" / "gemv_k12" force its warp count), "skinny"
     (M <= 16, G = 128), "decode" (16 x 32 tiles), "mid" (64 x 64), "large" (128 x 128).
+    weights_constant: promise that w4, ws4t, w8, ws8 were not written by the CUDA kernel queued
+    right before this call (true of loaded weights); the decode kernel then reads its first
+    weights while that kernel (the activations' quantize) still runs (LOWBIT_GEMM_CONST_WEIGHTS).
     returns fp16 [M, N].
     """
     for t, n in ((x4, "x4"), (xs4, "xs4"), (x8, "x8"), (w4, "w4"), (ws4t, "ws4t"), (w8, "w8")):
@@ -129,7 +133,7 @@ def w4a4_gemm(
     with _on_device(dev):
         st = lib.lowbit_w4a4_gemm(
             _ptr(x4), _ptr(xs4), _ptr(x8), _ptr(xs8), _ptr(w4), _ptr(ws4t), _ptr(w8), _ptr(ws8),
-            _ptr(out), m, n, kn, ko, group_size, cfg, _stream(dev))
+            _ptr(out), m, n, kn, ko, group_size, cfg, 1 if weights_constant else 0, _stream(dev))
     library.check(st, "lowbit_w4a4_gemm")
     return out
 

@@ -13,6 +13,7 @@
 
 #include "common/status.h"
 #include "kvAttention/kvAttentionKernel.h"
+#include "w4a4Gemm/w4a4GemmKernel.h"
 
 using namespace nvinfer1;
 
@@ -26,6 +27,7 @@ int gStatus = LOWBIT_OK;     // what every stub launcher returns
 int gM = -1, gN = -1, gK = -1, gT = -1, gB = -1;
 void const* gCodes = nullptr;
 size_t gWsBytes = 0;
+int gFlags = -1;
 int gChecks = 0;
 
 #define EXPECT(cond)                                                          \
@@ -59,8 +61,8 @@ extern "C" int lowbit_w8a8_gemm(const void*, const void*, int, const void*, cons
 }
 extern "C" int lowbit_w4a4_gemm(const void*, const void*, const void*, const void*, const void*,
                                 const void*, const void*, const void*, void*, int M, int N, int Kn,
-                                int, int, int, void*) {
-  gM = M, gN = N, gK = Kn;
+                                int, int, int, int flags, void*) {
+  gM = M, gN = N, gK = Kn, gFlags = flags;
   return gStatus;
 }
 extern "C" int lowbit_kv4_rope_append(const void*, const int*, const int*, int T, int B, const int*,
@@ -76,6 +78,13 @@ extern "C" int lowbit_kv4_attention(const void*, const int*, const int*, int, in
                                     const lowbitKv4Layout*, const void*, const void*, void*, void*,
                                     size_t bytes, void*) {
   gWsBytes = bytes;
+  return gStatus;
+}
+extern "C" int lowbit_kv4_rope_append_attention(const void*, const int*, const int*, int T, int B,
+                                                const int*, const float*, const lowbitKv4Layout*,
+                                                void* codes, void*, void*, void*, void*,
+                                                size_t bytes, void*) {
+  gT = T, gB = B, gCodes = codes, gWsBytes = bytes;  // the plugin's one call (append + attention)
   return gStatus;
 }
 extern "C" IPluginCreatorInterface* const* getCreators(int32_t& nbCreators);
@@ -247,6 +256,20 @@ int main() {
   {
     IPluginV3* p = make("LowbitW4A4Gemm", Fields().i("group_size", 128));
     EXPECT(p != nullptr);
+    {  // enqueue: shapes from the descriptors, engine weights passed as constants
+      auto* r = cap<IPluginV3OneRuntime>(p, PluginCapabilityType::kRUNTIME);
+      PluginTensorDesc d[9];
+      for (int k = 0; k < 9; ++k) d[k] = descs({{DataType::kINT8, dims({})}})[0].desc;
+      d[0].dims = dims({3, 1984});   // x4 [M, Kn/2]
+      d[2].dims = dims({3, 128});    // x8 [M, Ko]
+      d[4].dims = dims({4096, 1984});  // w4 [N, Kn/2]
+      char buf[16];
+      void const* ins[8] = {buf, buf, buf, buf, buf, buf, buf, buf};
+      void* outs[1] = {buf};
+      gStatus = LOWBIT_OK;
+      EXPECT(r->enqueue(d, d + 8, ins, outs, nullptr, nullptr) == 0);
+      EXPECT(gM == 3 && gN == 4096 && gK == 3968 && gFlags == LOWBIT_GEMM_CONST_WEIGHTS);
+    }
     roundTrip("LowbitW4A4Gemm", p);
     delete p;
     p = make("LowbitAtomQuant", Fields().i("norm", 1).i("reorder", 1).fl("eps", 1e-6f)
