@@ -294,17 +294,6 @@ struct AppendGeom {
   static constexpr int UPS = 32 / L;   // head units per warp step
 };
 
-__device__ __forceinline__ __half2 asHalf2(uint32_t v) {
-  __half2 h;
-  memcpy(&h, &v, 4);
-  return h;
-}
-__device__ __forceinline__ uint32_t asU32(__half2 h) {
-  uint32_t v;
-  memcpy(&v, &h, 4);
-  return v;
-}
-
 // One warp step of kv4RopeAppendKernel: units uS + [0, UPS) of token t (uS warp-uniform), lane
 // (sub, li) = unit uS + sub, channels [8 li, 8 li + 8); raw: its 8 fp16 inputs (zero past uEnd).
 // Every lane runs the same instructions (q, K and V units may share a step: SmolLM2's 9 q heads);
@@ -331,9 +320,9 @@ __device__ __forceinline__ void kv4AppendStep(const AppendArgs& a, uint4 raw, in
     const float sn[8] = {s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w};
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const float2 x = __half22float2(asHalf2(h[i]));
+      const float2 x = __half22float2(u2h2(h[i]));
       const float2 xp =
-          __half22float2(asHalf2(__shfl_xor_sync(0xffffffffu, h[i], L / 2)));
+          __half22float2(u2h2(__shfl_xor_sync(0xffffffffu, h[i], L / 2)));
       y[2 * i] = __fadd_rn(__fmul_rn(x.x, cs[2 * i]), __fmul_rn(xp.x, sn[2 * i]));
       y[2 * i + 1] = __fadd_rn(__fmul_rn(x.y, cs[2 * i + 1]), __fmul_rn(xp.y, sn[2 * i + 1]));
     }
@@ -355,17 +344,17 @@ __device__ __forceinline__ void kv4AppendStep(const AppendArgs& a, uint4 raw, in
   // Group (min, max) as one half2 (min, -max): exact on fp16 values (negation flips the sign
   // bit), reduced over the group's lanes with one shuffle per round; rounds beyond the group
   // shuffle with lane offset 0 (the lane's own value), so every lane runs log2 L rounds.
-  const __half2 mn2 = __hmin2(__hmin2(asHalf2(h[0]), asHalf2(h[1])),
-                              __hmin2(asHalf2(h[2]), asHalf2(h[3])));
-  const __half2 mx2 = __hmax2(__hmax2(asHalf2(h[0]), asHalf2(h[1])),
-                              __hmax2(asHalf2(h[2]), asHalf2(h[3])));
-  const uint32_t nmx = asU32(mx2) ^ 0x80008000u;
-  __half2 m = __hmin2(asHalf2(prmt(asU32(mn2), nmx, 0x5410)),   // (min lo, -max lo)
-                      asHalf2(prmt(asU32(mn2), nmx, 0x7632)));  // (min hi, -max hi)
+  const __half2 mn2 = __hmin2(__hmin2(u2h2(h[0]), u2h2(h[1])),
+                              __hmin2(u2h2(h[2]), u2h2(h[3])));
+  const __half2 mx2 = __hmax2(__hmax2(u2h2(h[0]), u2h2(h[1])),
+                              __hmax2(u2h2(h[2]), u2h2(h[3])));
+  const uint32_t nmx = h22u(mx2) ^ 0x80008000u;
+  __half2 m = __hmin2(u2h2(prmt(h22u(mn2), nmx, 0x5410)),   // (min lo, -max lo)
+                      u2h2(prmt(h22u(mn2), nmx, 0x7632)));  // (min hi, -max hi)
   const int glMask = (1 << lgGl) - 1;
 #pragma unroll
   for (int o = 1; o < L; o <<= 1)
-    m = __hmin2(m, asHalf2(__shfl_xor_sync(0xffffffffu, asU32(m), o & glMask)));
+    m = __hmin2(m, u2h2(__shfl_xor_sync(0xffffffffu, h22u(m), o & glMask)));
   const float mn = __low2float(m), mx = -__high2float(m);
   const __half sh = __float2half_rn(divRnConst<15>(__fsub_rn(mx, mn)));  // = fl((mx - mn) / 15)
   const __half zh = __low2half(m);  // == mn
@@ -384,7 +373,7 @@ __device__ __forceinline__ void kv4AppendStep(const AppendArgs& a, uint4 raw, in
   float xz[8], rq[8], worst = 0.f;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    const float2 x = __half22float2(asHalf2(h[i]));
+    const float2 x = __half22float2(u2h2(h[i]));
     xz[2 * i] = __fsub_rn(x.x, z);
     xz[2 * i + 1] = __fsub_rn(x.y, z);
   }
