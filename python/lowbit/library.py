@@ -27,6 +27,8 @@ _lib: ctypes.CDLL | None = None
 _P = ctypes.c_void_p
 _I = ctypes.c_int
 _F = ctypes.c_float
+GEMM_CONST_WEIGHTS = 1  # LOWBIT_GEMM_CONST_WEIGHTS (w4a4GemmKernel.h): lowbit_w4a4_gemm's flags
+
 # name -> argtypes (all functions return int status, except the string getters)
 _SIGNATURES: dict[str, list] = {
     # x4, xs4, x8, xs8, w4, ws4t, w8, ws8, y, M, N, Kn, Ko, group_size, config, flags, stream

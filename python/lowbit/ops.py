@@ -59,6 +59,14 @@ def _stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
 
 
+def _f16_out(out: torch.Tensor | None, name: str, shape: tuple, dev) -> torch.Tensor:
+    """out checked (fp16, shape, device, contiguous), or a new fp16 tensor of that shape."""
+    if out is None:
+        return torch.empty(shape, dtype=torch.float16, device=dev)
+    _check(out, name, torch.float16, shape, dev)
+    return out
+
+
 def _config(config: str) -> int:
     if config not in CONFIGS:
         raise ValueError(f"config: expected one of {sorted(CONFIGS)}, found {config!r}")
@@ -122,10 +130,7 @@ def w4a4_gemm(
     _check(ws4t, "ws4t", torch.float16, (ng, n), dev)
     _check(w8, "w8", torch.int8, (n, ko), dev)
     _check(ws8, "ws8", torch.float16, (n,), dev)
-    if out is None:
-        out = torch.empty((m, n), dtype=torch.float16, device=dev)
-    else:
-        _check(out, "out", torch.float16, (m, n), dev)
+    out = _f16_out(out, "out", (m, n), dev)
     cfg = _config(config)
     if m == 0:
         return out
@@ -133,7 +138,8 @@ def w4a4_gemm(
     with _on_device(dev):
         st = lib.lowbit_w4a4_gemm(
             _ptr(x4), _ptr(xs4), _ptr(x8), _ptr(xs8), _ptr(w4), _ptr(ws4t), _ptr(w8), _ptr(ws8),
-            _ptr(out), m, n, kn, ko, group_size, cfg, 1 if weights_constant else 0, _stream(dev))
+            _ptr(out), m, n, kn, ko, group_size, cfg,
+            library.GEMM_CONST_WEIGHTS if weights_constant else 0, _stream(dev))
     library.check(st, "lowbit_w4a4_gemm")
     return out
 
@@ -161,10 +167,7 @@ def w8a8_gemm(
     _check(xs, "xs", torch.float32, (m,) if per_token else (1,), dev)
     _check(wq, "wq", torch.int8, (n, k), dev)
     _check(ws, "ws", torch.float32, (n,), dev)
-    if out is None:
-        out = torch.empty((m, n), dtype=torch.float16, device=dev)
-    else:
-        _check(out, "out", torch.float16, (m, n), dev)
+    out = _f16_out(out, "out", (m, n), dev)
     cfg = _config(config)
     if m == 0:
         return out
@@ -328,14 +331,6 @@ def _kv4_check(layout, positions, seq_offsets, block_table, codes, params, layer
     _check(seq_offsets, "seq_offsets", torch.int32, (b + 1,), dev)
     _check(block_table, "block_table", torch.int32, (b, block_table.shape[1]), dev)
     return b
-
-
-def _f16_out(out: torch.Tensor | None, name: str, shape: tuple, dev) -> torch.Tensor:
-    """out checked (fp16, shape, device, contiguous), or a new fp16 tensor of that shape."""
-    if out is None:
-        return torch.empty(shape, dtype=torch.float16, device=dev)
-    _check(out, name, torch.float16, shape, dev)
-    return out
 
 
 def _kv4_append_check(qkv, positions, seq_offsets, block_table, inv_freq, codes, params, layer,
