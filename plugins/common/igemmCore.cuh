@@ -87,6 +87,8 @@ struct Problem {
   int slices8;         // ceil(K8 / 64)
   int as8Stride;       // 1: per-row scale, 0: one static scale
   int constWeights;    // 1: b4 / bs4t / b8 / bs8 not written by the previous kernel (gemv)
+  void* workspace;     // W4A4: scratch of the wide wgmma kernel (wgmmaW4a4Wide.cuh), or null
+  size_t workspaceBytes;
 };
 
 // Four 8x(16 B) matrices; lane L gives the row address of matrix L/8, row L%8; register j of
@@ -421,7 +423,10 @@ enum ConfigId {
   kCfgWgmmaSplit = 11,
   kCfgWgmmaSk64x2 = 12, kCfgWgmmaSk64x3 = 13, kCfgWgmmaSk64x4 = 14,
   kCfgWgmmaSk32x2 = 15, kCfgWgmmaSk32x3 = 16, kCfgWgmmaSk32x4 = 17,
-  kCfgWgmmaN96 = 18  // W8A8 128x96 tile (small M, N = 11008: one wave); W4A4: unsupported
+  kCfgWgmmaN96 = 18,  // W8A8 128x96 tile (small M, N = 11008: one wave); W4A4: unsupported
+  // W4A4 (G = 128) only: weights as the register operand, activations widened once into the
+  // caller's workspace (wgmmaW4a4Wide.cuh); auto in place of 7 when the workspace is given
+  kCfgWgmmaWide = 19
 };
 
 
@@ -459,7 +464,8 @@ inline int pickW8a8WgmmaConfig(int M, int N, int K) {
 // Gemv kernel for M <= 16 (tiled decode for G = 64; gemv falls back to skinny where it does not
 // fit), W4A4 (G = 128) M <= 64 and W8A8 M <= 32 where no wgmma kernel runs; the 128 x 128 tile
 // once it yields at least two waves; else 64 x 64.
-inline int pickConfig(int M, int N, int K, int mode) {
+// wideReady: the W4A4 call gave the wide kernel's workspace (wg::w4a4WideFits).
+inline int pickConfig(int M, int N, int K, int mode, bool wideReady = false) {
   if (M <= 16) return mode == kW4A4G64 ? kCfgDecode : kCfgGemv;
   // wgmma (sm_90a) beats every mma.sync tile for W8A8 from M = 17 (M = 17..32: 128 x 96 / 64 /
   // 32 tiles with a 32-row A box, 22.8 vs gemv 23.2-26.0 us at 4096 x 11008, NOTES log 17)
@@ -472,9 +478,13 @@ inline int pickConfig(int M, int N, int K, int mode) {
   // measured), and for M = 65..511 once its tiles fill at least half the SMs; below that the
   // 64 x 64 tiles of `mid` spread over more SMs (H100 sweep, NOTES log 17: 4096 x 11008 M = 128
   // 39.6 vs 54.7 us, 11008 x 4096 M = 128 89.1 vs 59.0 us)
+  // With the workspace, dispatch runs the wide kernel in place of 7 (128 x 128 tiles), which also
+  // beats `mid` from M = 256 where N is small (11008 x 4096 M = 256: 63.5 vs 85.3 us, 4096 x 4096:
+  // 27.7 vs 34.3; at M = 128 `mid` stays ahead there, 58.7 vs 62.7 us: NOTES log 29).
   if (mode == kW4A4G128 && wg::wgmmaAvailable()) {
     const long tilesW = (long)((M + 63) / 64) * ((N + 255) / 256);
-    if (M >= 512 || 2 * tilesW >= multiprocessorCount()) return kCfgWgmma;
+    if (M >= 512 || 2 * tilesW >= multiprocessorCount() || (wideReady && M >= 256))
+      return kCfgWgmma;
   }
   const long tiles = (long)((M + 127) / 128) * ((N + 127) / 128);
   return tiles >= 2L * multiprocessorCount() ? kCfgLarge : kCfgMid;
@@ -494,7 +504,11 @@ inline int launchConfig(const Problem& p, cudaStream_t stream) {
 template <int MODE>
 inline int dispatch(const Problem& p, int config, cudaStream_t stream) {
   const bool autoPick = config == kCfgAuto;
-  if (autoPick) config = pickConfig(p.M, p.N, p.K8, MODE);
+  if (autoPick) {
+    bool wideReady = false;
+    if constexpr (MODE == kW4A4G128) wideReady = wg::w4a4WideFits(p);
+    config = pickConfig(p.M, p.N, p.K8, MODE, wideReady);
+  }
   switch (config) {
     case kCfgGemv:
     case kCfgGemvK16:
@@ -565,8 +579,17 @@ inline int dispatch(const Problem& p, int config, cudaStream_t stream) {
           if (!autoPick) return LOWBIT_ERR_UNSUPPORTED;
           return launchConfig<CfgLarge, MODE>(p, stream);
         }
+        if (config == kCfgWgmma && autoPick && wg::w4a4WideFits(p))
+          return wg::launchW4a4Wide(p, stream);
         return config == kCfgWgmma ? wg::launchW4a4<128>(p, stream)
                                    : wg::launchW4a4PingPong(p, stream);
+      } else {
+        return LOWBIT_ERR_UNSUPPORTED;  // G = 64 has no wgmma kernel
+      }
+    case kCfgWgmmaWide:
+      if constexpr (MODE == kW4A4G128) {
+        if (!wg::wgmmaAvailable() || !wg::w4a4WideFits(p)) return LOWBIT_ERR_UNSUPPORTED;
+        return wg::launchW4a4Wide(p, stream);
       } else {
         return LOWBIT_ERR_UNSUPPORTED;  // G = 64 has no wgmma kernel
       }

@@ -884,3 +884,4 @@ inline int launchW4a4(const igemm::Problem& p, cudaStream_t stream) {
 }  // namespace lowbit
 
 #include "common/wgmmaW4a4.cuh"
+#include "common/wgmmaW4a4Wide.cuh"

@@ -36,7 +36,8 @@ using namespace lowbit;
 extern "C" int lowbit_w4a4_gemm(const void* x4, const void* xs4, const void* x8, const void* xs8,
                                 const void* w4, const void* ws4t, const void* w8, const void* ws8,
                                 void* y, int M, int N, int Kn, int Ko, int group_size, int config,
-                                int flags, void* stream) {
+                                int flags, void* workspace, size_t workspace_bytes,
+                                void* stream) {
   if (M < 0 || N < 8 || Kn <= 0 || Ko < 0) return LOWBIT_ERR_BAD_SHAPE;
   if (N % 8 || Kn % 128 || Ko % 16) return LOWBIT_ERR_DIVISIBILITY;
   if (group_size != 128 && group_size != 64) return LOWBIT_ERR_UNSUPPORTED;
@@ -68,7 +69,14 @@ extern "C" int lowbit_w4a4_gemm(const void* x4, const void* xs4, const void* x8,
   p.slices8 = (Ko + igemm::kSliceBytes - 1) / igemm::kSliceBytes;
   p.as8Stride = 1;
   p.constWeights = (flags & LOWBIT_GEMM_CONST_WEIGHTS) ? 1 : 0;
+  p.workspace = workspace;
+  p.workspaceBytes = workspace ? workspace_bytes : 0;
   auto s = static_cast<cudaStream_t>(stream);
   return group_size == 128 ? igemm::dispatch<igemm::kW4A4G128>(p, config, s)
                            : igemm::dispatch<igemm::kW4A4G64>(p, config, s);
+}
+
+extern "C" size_t lowbit_w4a4_gemm_workspace_size(int M, int N, int Kn, int Ko, int group_size) {
+  if (group_size != 128 || M <= 0 || N < 8 || Kn <= 0 || Kn % 128 || Ko < 0 || Ko % 16) return 0;
+  return wg::w4aWideWorkspace(M, Kn, Ko, Kn / 128);
 }

@@ -95,10 +95,24 @@ int32_t W4A4GemmPlugin::getOutputShapes(nvinfer1::DimsExprs const* inputs, int32
   });
 }
 
+size_t W4A4GemmPlugin::getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs,
+                                        int32_t nbInputs,
+                                        nvinfer1::DynamicPluginTensorDesc const* /*outputs*/,
+                                        int32_t nbOutputs) const noexcept {
+  return guard(kNAME, "getWorkspaceSize", size_t{0}, [&] {
+    checkCounts(kNAME, io(), nbInputs, nbOutputs);
+    // grows with T (its header), so the profile's largest T covers every shape of the profile
+    int32_t const Tmax = dimAsInt("x4", inputs[kX4].max, 0);
+    return lowbit_w4a4_gemm_workspace_size(Tmax, dimAsInt("w4", inputs[kW4].max, 0),
+                                           2 * dimAsInt("x4", inputs[kX4].max, 1),
+                                           dimAsInt("x8", inputs[kX8].max, 1), params().groupSize);
+  });
+}
+
 int32_t W4A4GemmPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc,
                                 nvinfer1::PluginTensorDesc const* /*outputDesc*/,
                                 void const* const* inputs, void* const* outputs,
-                                void* /*workspace*/, cudaStream_t stream) noexcept {
+                                void* workspace, cudaStream_t stream) noexcept {
   return guard(kNAME, "enqueue", -1, [&] {
     int32_t const M = dimAsInt("x4", inputDesc[kX4].dims, 0);
     int32_t const Kn = 2 * dimAsInt("x4", inputDesc[kX4].dims, 1);
@@ -107,10 +121,13 @@ int32_t W4A4GemmPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc,
     if (M == 0) return 0;  // no tokens: empty output
     int32_t const G = params().groupSize;
     // With K_o = 0 the outlier operands are empty tensors (possibly null); the launcher ignores them.
+    // TensorRT's workspace holds getWorkspaceSize's bytes (the profile's largest T) >= this T's.
+    size_t const wsBytes = workspace ? lowbit_w4a4_gemm_workspace_size(M, N, Kn, Ko, G) : 0;
     int const st = lowbit_w4a4_gemm(inputs[kX4], inputs[kXS4], inputs[kX8], inputs[kXS8],
                                     inputs[kW4], inputs[kWS4T], inputs[kW8], inputs[kWS8],
                                     outputs[0], M, N, Kn, Ko, G, kAutoConfig,
-                                    LOWBIT_GEMM_CONST_WEIGHTS, stream);  // engine constants
+                                    LOWBIT_GEMM_CONST_WEIGHTS,  // engine constants
+                                    workspace, wsBytes, stream);
     return launchResult(kNAME, "lowbit_w4a4_gemm", st,
                         "M = " + std::to_string(M) + ", N = " + std::to_string(N) +
                             ", K_n = " + std::to_string(Kn) + ", K_o = " + std::to_string(Ko) +

@@ -29,6 +29,11 @@ class W4A4GemmPlugin final : public PluginBase<W4A4GemmPlugin, W4A4GemmParams> {
                           nvinfer1::DimsExprs const* shapeInputs, int32_t nbShapeInputs,
                           nvinfer1::DimsExprs* outputs, int32_t nbOutputs,
                           nvinfer1::IExprBuilder& exprBuilder) noexcept override;
+  // Scratch of the Hopper prefill kernel for the profile's largest T (the widened activations:
+  // lowbit_w4a4_gemm_workspace_size).
+  size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
+                          nvinfer1::DynamicPluginTensorDesc const* outputs,
+                          int32_t nbOutputs) const noexcept override;
 
   // ---- IPluginV3OneRuntime --------------------------------------------------------------------
   int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc,

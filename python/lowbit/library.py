@@ -31,8 +31,11 @@ GEMM_CONST_WEIGHTS = 1  # LOWBIT_GEMM_CONST_WEIGHTS (w4a4GemmKernel.h): lowbit_w
 
 # name -> argtypes (all functions return int status, except the string getters)
 _SIGNATURES: dict[str, list] = {
-    # x4, xs4, x8, xs8, w4, ws4t, w8, ws8, y, M, N, Kn, Ko, group_size, config, flags, stream
-    "lowbit_w4a4_gemm": [_P] * 9 + [_I] * 7 + [_P],
+    # x4, xs4, x8, xs8, w4, ws4t, w8, ws8, y, M, N, Kn, Ko, group_size, config, flags,
+    # workspace, workspace_bytes, stream
+    "lowbit_w4a4_gemm": [_P] * 9 + [_I] * 7 + [_P, ctypes.c_size_t, _P],
+    # M, N, Kn, Ko, group_size -> size_t (restype set in _configure)
+    "lowbit_w4a4_gemm_workspace_size": [_I] * 5,
     # xq, xs, xs_per_token, wq, ws, y, M, N, K, config, stream
     "lowbit_w8a8_gemm": [_P, _P, _I, _P, _P, _P, _I, _I, _I, _I, _P],
     # x, dtype, gamma, perm, eps, M, K, Ko, group_size, clip, x4, xs4, x8, xs8, stream
@@ -53,7 +56,8 @@ _SIGNATURES: dict[str, list] = {
                                          ctypes.c_size_t, _P],
 }
 # functions whose return type is not the int status
-_RESTYPES = {"lowbit_kv4_attention_workspace": ctypes.c_size_t}
+_RESTYPES = {"lowbit_kv4_attention_workspace": ctypes.c_size_t,
+             "lowbit_w4a4_gemm_workspace_size": ctypes.c_size_t}
 
 
 class Kv4Layout(ctypes.Structure):

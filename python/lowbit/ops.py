@@ -24,7 +24,7 @@ CONFIGS = {"auto": -1, "decode": 0, "mid": 1, "large": 2, "skinny": 3,
            "wgmma_n64": 9, "wgmma_n32": 10, "wgmma_sk": 11,
            "wgmma_sk64x2": 12, "wgmma_sk64x3": 13, "wgmma_sk64x4": 14,
            "wgmma_sk32x2": 15, "wgmma_sk32x3": 16, "wgmma_sk32x4": 17,
-           "wgmma_n96": 18}
+           "wgmma_n96": 18, "wgmma_wide": 19}
 
 
 def _check(t: torch.Tensor, name: str, dtype: torch.dtype | tuple, shape: tuple,
@@ -92,7 +92,7 @@ def w4a4_gemm(
     x4: torch.Tensor, xs4: torch.Tensor, x8: torch.Tensor, xs8: torch.Tensor,
     w4: torch.Tensor, ws4t: torch.Tensor, w8: torch.Tensor, ws8: torch.Tensor,
     group_size: int = 128, *, out: torch.Tensor | None = None, config: str = "auto",
-    weights_constant: bool = False,
+    weights_constant: bool = False, workspace: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Atom W4A4 mixed-precision group GEMM (lowbit.reference.atom_gemm, rounded to fp16).
 
@@ -105,6 +105,9 @@ def w4a4_gemm(
     weights_constant: promise that w4, ws4t, w8, ws8 were not written by the CUDA kernel queued
     right before this call (true of loaded weights); the decode kernel then reads its first
     weights while that kernel (the activations' quantize) still runs (LOWBIT_GEMM_CONST_WEIGHTS).
+    workspace: optional contiguous tensor of >= w4a4_gemm_workspace(M, N, K_n, K_o, G) bytes for
+    the Hopper prefill kernel ("wgmma_wide", auto where "wgmma" would run); allocated here when
+    None and M > 64 (the decode kernels need none).
     returns fp16 [M, N].
     """
     for t, n in ((x4, "x4"), (xs4, "xs4"), (x8, "x8"), (w4, "w4"), (ws4t, "ws4t"), (w8, "w8")):
@@ -135,13 +138,30 @@ def w4a4_gemm(
     if m == 0:
         return out
     lib = library.load()
+    ws_bytes = 0
+    if workspace is not None or m > 64 or config == "wgmma_wide":
+        need = w4a4_gemm_workspace(m, n, kn, ko, group_size)
+        if workspace is None and need:
+            workspace = torch.empty(need, dtype=torch.uint8, device=dev)
+        if workspace is not None:
+            if workspace.device != dev or not workspace.is_contiguous():
+                raise ValueError(f"workspace: expected a contiguous tensor on {dev}, found "
+                                 f"{workspace.device} with strides {workspace.stride()}")
+            ws_bytes = workspace.numel() * workspace.element_size()
     with _on_device(dev):
         st = lib.lowbit_w4a4_gemm(
             _ptr(x4), _ptr(xs4), _ptr(x8), _ptr(xs8), _ptr(w4), _ptr(ws4t), _ptr(w8), _ptr(ws8),
             _ptr(out), m, n, kn, ko, group_size, cfg,
-            library.GEMM_CONST_WEIGHTS if weights_constant else 0, _stream(dev))
+            library.GEMM_CONST_WEIGHTS if weights_constant else 0, _ptr(workspace), ws_bytes,
+            _stream(dev))
     library.check(st, "lowbit_w4a4_gemm")
     return out
+
+
+def w4a4_gemm_workspace(m: int, n: int, kn: int, ko: int, group_size: int = 128) -> int:
+    """Bytes of workspace w4a4_gemm's Hopper prefill kernel takes for these sizes (0: none;
+    lowbit_w4a4_gemm_workspace_size): M (K_n + K_o) int8 activations + K_n/128 x M fp32 scales."""
+    return int(library.load().lowbit_w4a4_gemm_workspace_size(m, n, kn, ko, group_size))
 
 
 def w8a8_gemm(

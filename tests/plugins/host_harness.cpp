@@ -61,9 +61,12 @@ extern "C" int lowbit_w8a8_gemm(const void*, const void*, int, const void*, cons
 }
 extern "C" int lowbit_w4a4_gemm(const void*, const void*, const void*, const void*, const void*,
                                 const void*, const void*, const void*, void*, int M, int N, int Kn,
-                                int, int, int, int flags, void*) {
-  gM = M, gN = N, gK = Kn, gFlags = flags;
+                                int, int, int, int flags, void*, size_t bytes, void*) {
+  gM = M, gN = N, gK = Kn, gFlags = flags, gWsBytes = bytes;
   return gStatus;
+}
+extern "C" size_t lowbit_w4a4_gemm_workspace_size(int M, int N, int Kn, int Ko, int G) {
+  return G == 128 ? size_t(M) * size_t(Kn + Ko) + size_t(N) : 0;  // a stand-in that grows with M
 }
 extern "C" int lowbit_kv4_rope_append(const void*, const int*, const int*, int T, int B, const int*,
                                       const float*, const lowbitKv4Layout*, void* codes, void*,
@@ -269,6 +272,18 @@ int main() {
       gStatus = LOWBIT_OK;
       EXPECT(r->enqueue(d, d + 8, ins, outs, nullptr, nullptr) == 0);
       EXPECT(gM == 3 && gN == 4096 && gK == 3968 && gFlags == LOWBIT_GEMM_CONST_WEIGHTS);
+      EXPECT(gWsBytes == 0);  // no workspace given: none passed on
+      EXPECT(r->enqueue(d, d + 8, ins, outs, buf, nullptr) == 0);
+      EXPECT(gWsBytes == size_t(3) * 4096 + 4096);  // this call's T = 3, not the profile's
+    }
+    {  // workspace for the profile's largest T (x4 max rows 512)
+      auto* b = cap<IPluginV3OneBuildV2>(p, PluginCapabilityType::kBUILD);
+      auto io = descs({{DataType::kINT8, dims({512, 1984})}, {DataType::kHALF, dims({512, 31})},
+                       {DataType::kINT8, dims({512, 128})}, {DataType::kHALF, dims({512})},
+                       {DataType::kINT8, dims({4096, 1984})}, {DataType::kHALF, dims({31, 4096})},
+                       {DataType::kINT8, dims({4096, 128})}, {DataType::kHALF, dims({4096})},
+                       {DataType::kHALF, dims({512, 4096})}});
+      EXPECT(b->getWorkspaceSize(io.data(), 8, io.data() + 8, 1) == size_t(512) * 4096 + 4096);
     }
     roundTrip("LowbitW4A4Gemm", p);
     delete p;

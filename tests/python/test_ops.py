@@ -128,6 +128,22 @@ W4A4_CASES = [
     (1000, 4096, 11008, 128, 128, "wgmma_n128"),  # the ping-pong variant
     (300, 2096, 1032, 48, 128, "wgmma_n128"),
     (33, 4096, 4096, 0, 128, "wgmma_n128"),
+    # the wide kernel (weights as the register operand, activations widened into the workspace):
+    # the same ragged shapes; auto takes it where "wgmma" would run (the op gives a workspace)
+    (17, 4096, 4096, 128, 128, "wgmma_wide"),
+    (1000, 4096, 11008, 128, 128, "wgmma_wide"),
+    (4097, 4096, 4096, 128, 128, "wgmma_wide"),
+    (100, 11008, 4096, 128, 128, "wgmma_wide"),
+    (100, 576, 1536, 192, 128, "wgmma_wide"),
+    (255, 1536, 576, 128, 128, "wgmma_wide"),
+    (33, 4096, 4096, 0, 128, "wgmma_wide"),
+    (100, 4112, 4096, 16, 128, "wgmma_wide"),
+    (300, 2096, 1032, 48, 128, "wgmma_wide"),
+    (64, 1280, 1024, 256, 128, "wgmma_wide"),
+    (1, 4096, 1032, 128, 128, "wgmma_wide"),
+    (130, 2096, 1032, 48, 128, "auto"),
+    (256, 4096, 4096, 128, 128, "auto"),  # wide where 7 would not run (M >= 256)
+    (2050, 4096, 4096, 128, 128, "auto"),
 ]
 
 
@@ -151,6 +167,33 @@ def test_w4a4_gemm(cuda_lib, m, k, n, ko, gs, config) -> None:
                       w.ws8, gs, out=out, config=config)
     assert y.data_ptr() == out.data_ptr()
     _check_gemm(y, reference.atom_gemm(a, w, gs))
+
+
+@pytest.mark.gpu
+def test_w4a4_gemm_workspace(cuda_lib) -> None:
+    """The wide kernel's scratch: the size formula of the header, a caller's workspace used as
+    given, a too small one refused by the forced configuration and not used by auto (config 7
+    runs instead: same result)."""
+    _skip_unless_hopper("wgmma")
+    m, k, n, ko, gs = 300, 2096, 1032, 48, 128
+    kn = k - ko
+    # M (K_n + K_o) int8 rounded up to 256 B, then K_n/128 x round_up(M, 4) fp32 scales
+    need = (m * k + 255) // 256 * 256 + kn // 128 * m * 4
+    assert ops.w4a4_gemm_workspace(m, n, kn, ko, gs) == need
+    assert ops.w4a4_gemm_workspace(m, n, kn, ko, 64) == 0  # no wide kernel for G = 64
+    g = _gen(("workspace", m))
+    a = AtomActivation(_rand_i8((m, kn // 2), -128, 127, g), _rand_scale((m, kn // gs), g),
+                       _rand_i8((m, ko), -127, 127, g), _rand_scale((m,), g))
+    w = AtomWeight(_rand_i8((n, kn // 2), -128, 127, g), _rand_scale((n, kn // gs), g),
+                   _rand_i8((n, ko), -127, 127, g), _rand_scale((n,), g))
+    args = (a.x4, a.xs4, a.x8, a.xs8, w.w4, packing.pack_w4a4_scales(w.ws4), w.w8, w.ws8, gs)
+    ref = reference.atom_gemm(a, w, gs)
+    ws = torch.full((need + 64,), 0x7F, dtype=torch.uint8, device="cuda")  # stale contents
+    _check_gemm(ops.w4a4_gemm(*args, config="wgmma_wide", workspace=ws), ref)
+    small = ws[: need - 16]
+    with pytest.raises(RuntimeError, match="unsupported configuration"):
+        ops.w4a4_gemm(*args, config="wgmma_wide", workspace=small)
+    _check_gemm(ops.w4a4_gemm(*args, workspace=small), ref)  # auto: the 64 x 256 kernel
 
 
 # ---- W8A8 -------------------------------------------------------------------------------------
