@@ -23,10 +23,13 @@
 //   (m64n128k32, 64 int32 + 64 fp32 accumulators per thread); slice = one int4 group of K
 //   (X 128 tokens x 128 B, 128B swizzle; W 128 rows x 64 B packed, 64B swizzle; the group's 128
 //   ws4t values and 128 xsT values), or 64 bytes of outliers (X and W both 64B swizzle, SS).
-//   Per int4 slice and thread: 2 ldmatrix.x4 + 16 LOP (A fragments of the next slice, while the
-//   tensor cores run this one), then wait and fold 64 values: accF += float(acc) * (ws * xsT).
-//   Stages are released per warp (8 arrivals), no named barrier per slice.
-//   Epilogue: y[m][n] pairs (n, n+1) formed by one shuffle with the neighbouring row's lane.
+//   Per int4 slice and thread: 2 ldmatrix.x4 + 24 shift/mask ops (A fragments of the next slice,
+//   while the tensor cores run this one), then wait and fold 64 values:
+//   accF += float(acc) * (ws * xsT). Stages are released per warp (8 arrivals), no named barrier
+//   per slice. Epilogue: y[m][n] pairs (n, n+1) formed by one shuffle with the neighbouring row's
+//   lane. The GEMM is a programmatic dependent (PDL) of the widen kernel; only its TMA thread
+//   waits for it. H100: ~30% fewer instructions per slice than config 7, 1.41x faster at
+//   M = 4096 (NOTES log 29).
 #pragma once
 
 #include "common/pdl.cuh"
