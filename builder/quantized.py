@@ -16,6 +16,7 @@ from builder.runtime import CACHE_FACTORIES, LINEAR_FACTORIES, Linear
 from converters.errors import UserError
 from converters.loader import rope_inv_freq
 from converters.schemes import ATOM_ALGO, SQ_PER_TENSOR, SQ_PER_TOKEN
+from lowbit import kvcache
 from lowbit import reference as R
 from lowbit.packing import unpack_int4
 
@@ -230,8 +231,6 @@ class PagedInt4KVCache:
 
     def __init__(self, model: Any, batch: int, max_len: int, *, kernels: bool,
                  tokens_per_block: int = 64):
-        from lowbit import kvcache
-
         s = model.spec
         c = model.config["kv_cache_int4"]
         self.layout = kvcache.KvLayout(s.num_attention_heads, s.num_key_value_heads,
@@ -300,8 +299,6 @@ class PagedInt4KVCache:
             return ops.kv4_rope_append_attention(qkv.contiguous(), *a, self.inv_freq, self.codes,
                                                  self.params, layer, self.layout,
                                                  workspace=ws[0])
-        from lowbit import kvcache
-
         q = kvcache.rope_append(qkv.contiguous(), *a, self.inv_freq, self.codes, self.params,
                                 layer, self.layout)
         return kvcache.attention(q, *a, self.codes, self.params, layer, self.layout)

@@ -504,11 +504,9 @@ inline int launchConfig(const Problem& p, cudaStream_t stream) {
 template <int MODE>
 inline int dispatch(const Problem& p, int config, cudaStream_t stream) {
   const bool autoPick = config == kCfgAuto;
-  if (autoPick) {
-    bool wideReady = false;
-    if constexpr (MODE == kW4A4G128) wideReady = wg::w4a4WideFits(p);
-    config = pickConfig(p.M, p.N, p.K8, MODE, wideReady);
-  }
+  bool wideReady = false;  // W4A4 G = 128 with the wide kernel's workspace
+  if constexpr (MODE == kW4A4G128) wideReady = wg::w4a4WideFits(p);
+  if (autoPick) config = pickConfig(p.M, p.N, p.K8, MODE, wideReady);
   switch (config) {
     case kCfgGemv:
     case kCfgGemvK16:
@@ -579,20 +577,16 @@ inline int dispatch(const Problem& p, int config, cudaStream_t stream) {
           if (!autoPick) return LOWBIT_ERR_UNSUPPORTED;
           return launchConfig<CfgLarge, MODE>(p, stream);
         }
-        if (config == kCfgWgmma && autoPick && wg::w4a4WideFits(p))
-          return wg::launchW4a4Wide(p, stream);
+        if (config == kCfgWgmma && autoPick && wideReady) return wg::launchW4a4Wide(p, stream);
         return config == kCfgWgmma ? wg::launchW4a4<128>(p, stream)
                                    : wg::launchW4a4PingPong(p, stream);
       } else {
         return LOWBIT_ERR_UNSUPPORTED;  // G = 64 has no wgmma kernel
       }
     case kCfgWgmmaWide:
-      if constexpr (MODE == kW4A4G128) {
-        if (!wg::wgmmaAvailable() || !wg::w4a4WideFits(p)) return LOWBIT_ERR_UNSUPPORTED;
-        return wg::launchW4a4Wide(p, stream);
-      } else {
-        return LOWBIT_ERR_UNSUPPORTED;  // G = 64 has no wgmma kernel
-      }
+      if (!wideReady || !wg::wgmmaAvailable()) return LOWBIT_ERR_UNSUPPORTED;  // W4A4 G = 128 only
+      if constexpr (MODE == kW4A4G128) return wg::launchW4a4Wide(p, stream);
+      return LOWBIT_ERR_UNSUPPORTED;
     default: return LOWBIT_ERR_UNSUPPORTED;
   }
 }

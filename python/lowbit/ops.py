@@ -67,6 +67,23 @@ def _f16_out(out: torch.Tensor | None, name: str, shape: tuple, dev) -> torch.Te
     return out
 
 
+def _workspace(workspace: torch.Tensor | None, need: int, dev, *, at_least: bool = True):
+    """(tensor, bytes) of a kernel's scratch: the given tensor, checked (contiguous, on dev, and
+    >= need bytes when at_least), or a new one of need bytes when none was given and need > 0;
+    (None, 0) when neither."""
+    if workspace is None and need:
+        workspace = torch.empty(need, dtype=torch.uint8, device=dev)
+    if workspace is None:
+        return None, 0
+    if workspace.device != dev or not workspace.is_contiguous():
+        raise ValueError(f"workspace: expected a contiguous tensor on {dev}, found "
+                         f"{workspace.device} with strides {workspace.stride()}")
+    ws_bytes = workspace.numel() * workspace.element_size()
+    if at_least and ws_bytes < need:
+        raise ValueError(f"workspace: expected >= {need} bytes, found {ws_bytes}")
+    return workspace, ws_bytes
+
+
 def _config(config: str) -> int:
     if config not in CONFIGS:
         raise ValueError(f"config: expected one of {sorted(CONFIGS)}, found {config!r}")
@@ -140,14 +157,9 @@ def w4a4_gemm(
     lib = library.load()
     ws_bytes = 0
     if workspace is not None or m > 64 or config == "wgmma_wide":
-        need = w4a4_gemm_workspace(m, n, kn, ko, group_size)
-        if workspace is None and need:
-            workspace = torch.empty(need, dtype=torch.uint8, device=dev)
-        if workspace is not None:
-            if workspace.device != dev or not workspace.is_contiguous():
-                raise ValueError(f"workspace: expected a contiguous tensor on {dev}, found "
-                                 f"{workspace.device} with strides {workspace.stride()}")
-            ws_bytes = workspace.numel() * workspace.element_size()
+        # a smaller one is passed on as it is: auto then runs config 7, the forced one refuses it
+        workspace, ws_bytes = _workspace(workspace, w4a4_gemm_workspace(m, n, kn, ko, group_size),
+                                         dev, at_least=False)
     with _on_device(dev):
         st = lib.lowbit_w4a4_gemm(
             _ptr(x4), _ptr(xs4), _ptr(x8), _ptr(xs8), _ptr(w4), _ptr(ws4t), _ptr(w8), _ptr(ws8),
@@ -445,16 +457,7 @@ def _kv4_attention_setup(layout, codes, block_table, t: int, b: int, workspace, 
     lib = library.load()
     lay = _kv4_layout(layout, codes, block_table)
     need = int(lib.lowbit_kv4_attention_workspace(t, b, ctypes.byref(lay)))
-    if need and workspace is None:
-        workspace = torch.empty(need, dtype=torch.uint8, device=dev)
-    ws_bytes = 0
-    if workspace is not None:
-        if workspace.device != dev or not workspace.is_contiguous():
-            raise ValueError(f"workspace: expected a contiguous tensor on {dev}, found "
-                             f"{workspace.device}")
-        ws_bytes = workspace.numel() * workspace.element_size()
-        if ws_bytes < need:
-            raise ValueError(f"workspace: expected >= {need} bytes, found {ws_bytes}")
+    workspace, ws_bytes = _workspace(workspace, need, dev)
     return lib, lay, workspace, ws_bytes
 
 
