@@ -3,6 +3,7 @@ perplexity on the same windows."""
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -16,20 +17,27 @@ from converters.errors import UserError
 from converters.loader import open_model
 
 
+def _hf_cache_name(hf) -> str:
+    """The KV-cache argument and output field of a transformers model: `cache` from 5.24 on (where
+    `past_key_values` is deprecated, to go in 5.40), `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+
+
 def _compare_with_transformers(hf, ref, ids, steps=8, tol=1e-4):
     """Prefill `ids` [B, T] then `steps` greedy tokens through both models' KV caches."""
+    kv = _hf_cache_name(hf)
     cache = ref.new_cache(ids.shape[0], ids.shape[1] + steps)
     got = ref.forward(ids, cache)
     with torch.no_grad():
         out = hf(ids, use_cache=True)
     worst = (got - out.logits).abs().max().item()
-    pkv = out.past_key_values
+    pkv = getattr(out, kv)
     for _ in range(steps):
         nxt = out.logits[:, -1:].argmax(-1)
         got = ref.forward(nxt, cache)
         with torch.no_grad():
-            out = hf(nxt, past_key_values=pkv, use_cache=True)
-        pkv = out.past_key_values
+            out = hf(nxt, use_cache=True, **{kv: pkv})
+        pkv = getattr(out, kv)
         worst = max(worst, (got - out.logits).abs().max().item())
     assert worst <= tol, f"max |logits - transformers| = {worst}"
     return worst
