@@ -18,6 +18,8 @@
 // int8 outlier slices accumulate across slices and are folded once at the end with xs8 * ws8.
 // The A fragments alternate between two register sets (aX / aY, the loop is unrolled by two)
 // because wgmma reads them asynchronously.
+// ptxas serializes this kernel's wgmma (C7514, NOTES logs 9 and 30: the loop head is reached
+// with different groups in flight), so it runs as a serialized kernel; never auto.
 #pragma once
 
 namespace lowbit {
