@@ -838,24 +838,33 @@ struct W4Maps {
   CUtensorMap x4, w4, ws, x8, w8;
 };
 
+// The W4A4 weight operands' maps, for every W4A4 wgmma kernel: int4 rows b4 [N, Kn/2] and int8
+// outlier rows b8 [N, K8] in 64-byte K slices (64B swizzle), the group scales bs4t [Kn/128, N];
+// bn weight rows per box. w8 aliases w4 when there are no outliers (never read then).
+inline bool makeW4WeightMaps(const igemm::Problem& p, uint32_t bn, CUtensorMap& w4,
+                             CUtensorMap& ws, CUtensorMap& w8) {
+  bool ok = makeMap(&w4, p.b4, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.Kn / 2, p.N, 64, bn,
+                    CU_TENSOR_MAP_SWIZZLE_64B) &&
+            makeMap(&ws, p.bs4t, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2, p.N, p.ng, bn, 1,
+                    CU_TENSOR_MAP_SWIZZLE_NONE);
+  if (ok && p.K8 > 0)
+    ok = makeMap(&w8, p.b8, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.K8, p.N, 64, bn,
+                 CU_TENSOR_MAP_SWIZZLE_64B);
+  else
+    w8 = w4;
+  return ok;
+}
+
 inline bool makeW4Maps(const igemm::Problem& p, W4Maps& m) {
   using C = W4Cfg;
-  const uint64_t kb4 = p.Kn / 2;
-  bool ok = makeMap(&m.x4, p.a4, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, kb4, p.M, 64, C::BM,
+  bool ok = makeMap(&m.x4, p.a4, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.Kn / 2, p.M, 64, C::BM,
                     CU_TENSOR_MAP_SWIZZLE_64B) &&
-            makeMap(&m.w4, p.b4, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, kb4, p.N, 64, C::BN,
-                    CU_TENSOR_MAP_SWIZZLE_64B) &&
-            makeMap(&m.ws, p.bs4t, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2, p.N, p.ng, C::BN, 1,
-                    CU_TENSOR_MAP_SWIZZLE_NONE);
-  if (ok && p.K8 > 0) {
+            makeW4WeightMaps(p, C::BN, m.w4, m.ws, m.w8);
+  if (ok && p.K8 > 0)
     ok = makeMap(&m.x8, p.a8, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.K8, p.M, 64, C::BM,
-                 CU_TENSOR_MAP_SWIZZLE_64B) &&
-         makeMap(&m.w8, p.b8, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.K8, p.N, 64, C::BN,
                  CU_TENSOR_MAP_SWIZZLE_64B);
-  } else {
+  else
     m.x8 = m.x4;  // never read (slices8 == 0)
-    m.w8 = m.w4;
-  }
   return ok;
 }
 

@@ -296,24 +296,17 @@ struct W4WideMaps {
 inline bool makeW4WideMaps(const igemm::Problem& p, const int8_t* xw, const float* xsT,
                            W4WideMaps& m) {
   using C = W4WCfg;
-  const uint64_t kw = (uint64_t)p.Kn + p.K8, kb4 = p.Kn / 2;
+  const uint64_t kw = (uint64_t)p.Kn + p.K8;
   bool ok = makeMap(&m.x, xw, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, kw, p.M, 128, C::BM,
                     CU_TENSOR_MAP_SWIZZLE_128B) &&
-            makeMap(&m.w4, p.b4, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, kb4, p.N, 64, C::BN,
-                    CU_TENSOR_MAP_SWIZZLE_64B) &&
-            makeMap(&m.ws, p.bs4t, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2, p.N, p.ng, C::BN, 1,
-                    CU_TENSOR_MAP_SWIZZLE_NONE) &&
             makeMap(&m.xs, xsT, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, w4aWideMp(p.M), p.ng, C::BM, 1,
-                    CU_TENSOR_MAP_SWIZZLE_NONE);
-  if (ok && p.K8 > 0) {
+                    CU_TENSOR_MAP_SWIZZLE_NONE) &&
+            makeW4WeightMaps(p, C::BN, m.w4, m.ws, m.w8);
+  if (ok && p.K8 > 0)
     ok = makeMap(&m.x8, xw, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, kw, p.M, 64, C::BM,
-                 CU_TENSOR_MAP_SWIZZLE_64B) &&
-         makeMap(&m.w8, p.b8, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.K8, p.N, 64, C::BN,
                  CU_TENSOR_MAP_SWIZZLE_64B);
-  } else {
+  else
     m.x8 = m.x;  // never read (slices8 == 0)
-    m.w8 = m.w4;
-  }
   return ok;
 }
 
