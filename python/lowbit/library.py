@@ -54,6 +54,8 @@ _SIGNATURES: dict[str, list] = {
     # out, workspace, workspace_bytes, stream
     "lowbit_kv4_rope_append_attention": [_P, _P, _P, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P,
                                          ctypes.c_size_t, _P],
+    # src, bytes, sink, sink_len, ctas_per_sm, unroll, stream (plugins/common/streamRead.h)
+    "lowbit_stream_read": [_P, ctypes.c_int64, _P, _I, _I, _I, _P],
 }
 # functions whose return type is not the int status
 _RESTYPES = {"lowbit_kv4_attention_workspace": ctypes.c_size_t,

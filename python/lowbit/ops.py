@@ -211,6 +211,43 @@ def w8a8_gemm(
     return out
 
 
+def stream_read(src: torch.Tensor, *, ctas_per_sm: int = 2, unroll: int = 4,
+                sink: torch.Tensor | None = None) -> torch.Tensor:
+    """Reads every byte of src once and nothing else (lowbit_stream_read): the floor of a kernel
+    that streams these bytes, for benchmarks (bench_gemm's decode floor). Not a model op.
+
+    src: contiguous CUDA tensor, 16-byte aligned, a multiple of 16 bytes. Runs
+    min(ctas_per_sm * SMs, sink.numel()) CTAs (ctas_per_sm 1..8, unroll 2 / 4 / 8 loads in flight
+    per thread). Returns sink int32 [CTAs]: XOR of the 32-bit words each CTA read (their XOR is
+    the XOR of all words of src).
+    """
+    if not isinstance(src, torch.Tensor) or src.device.type != "cuda" or not src.is_contiguous():
+        found = (f"{src.device}, strides {src.stride()}" if isinstance(src, torch.Tensor)
+                 else type(src).__name__)
+        raise ValueError(f"src: expected a contiguous CUDA tensor, found {found}")
+    nbytes = src.numel() * src.element_size()
+    if nbytes == 0 or nbytes % 16 or src.data_ptr() % 16:
+        raise ValueError(f"src: expected a 16-byte aligned tensor of a positive multiple of 16 "
+                         f"bytes, found {nbytes} bytes at address {src.data_ptr():#x}")
+    if not 1 <= ctas_per_sm <= 8:
+        raise ValueError(f"ctas_per_sm: expected 1..8, found {ctas_per_sm}")
+    if unroll not in (2, 4, 8):
+        raise ValueError(f"unroll: expected 2, 4 or 8, found {unroll}")
+    dev = src.device
+    grid = ctas_per_sm * torch.cuda.get_device_properties(dev).multi_processor_count
+    if sink is None:
+        sink = torch.empty(grid, dtype=torch.int32, device=dev)
+    _check(sink, "sink", torch.int32, (sink.numel(),), dev)
+    if sink.numel() == 0:
+        raise ValueError("sink: expected at least one element, found 0")
+    lib = library.load()
+    with _on_device(dev):
+        st = lib.lowbit_stream_read(_ptr(src), nbytes, _ptr(sink), sink.numel(), ctas_per_sm,
+                                    unroll, _stream(dev))
+    library.check(st, "lowbit_stream_read")
+    return sink[:grid]
+
+
 def _atom_quantize(x, gamma, perm, eps, n_outliers, group_size, clip, out, what):
     _rank(x, "x", 2)
     m, k = x.shape

@@ -571,6 +571,38 @@ def test_decode_gemm_waits_for_the_quantize_before_it(cuda_lib, mode, m, const) 
     for i, (y, r) in enumerate(zip(ys, ref)):
         assert torch.equal(y, r), f"step {i}: the GEMM read activations of another step"
 
+def _xor_words(t: torch.Tensor) -> int:
+    """XOR of all 32-bit words of an int32 tensor (halving folds on the CPU)."""
+    t = t.flatten().cpu()
+    while t.numel() > 1:
+        if t.numel() % 2:
+            t = torch.cat([t, t.new_zeros(1)])
+        t = t[0::2] ^ t[1::2]
+    return int(t[0]) & 0xFFFFFFFF
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("nbytes,ctas_per_sm,unroll,sink_len", [
+    (16, 2, 4, None), (4096 + 16, 1, 2, None), (23_949_312, 2, 4, None), (23_949_312, 8, 8, None),
+    (1 << 20, 2, 8, 3)])
+def test_stream_read_reads_every_word(cuda_lib, nbytes, ctas_per_sm, unroll, sink_len) -> None:
+    # the floor kernel of bench_gemm must really read every byte: the XOR of its per-CTA folds
+    # equals the XOR of all 32-bit words (one flipped bit anywhere changes it)
+    g = _gen((nbytes, ctas_per_sm, unroll))
+    src = torch.randint(-2**31, 2**31 - 1, (nbytes // 4,), generator=g, device="cuda",
+                        dtype=torch.int32)
+    want = _xor_words(src)
+    sink = None if sink_len is None else torch.full((sink_len,), 7, dtype=torch.int32,
+                                                    device="cuda")
+    got = ops.stream_read(src, ctas_per_sm=ctas_per_sm, unroll=unroll, sink=sink)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    assert got.numel() == min(ctas_per_sm * sms, sink_len or ctas_per_sm * sms)
+    assert _xor_words(got) == want
+    src.view(torch.uint8)[nbytes // 2] ^= 1
+    got = ops.stream_read(src, ctas_per_sm=ctas_per_sm, unroll=unroll, sink=sink)
+    assert _xor_words(got) != want
+
+
 # ---- CPU-side checks (no GPU, no library needed) ----------------------------------------------
 def test_import_does_not_load_library() -> None:
     code = "import lowbit.ops, lowbit.library as l; print(l._lib is None)"
@@ -618,3 +650,5 @@ def test_validation_errors_on_cpu_tensors() -> None:
                       torch.zeros(8, 40, dtype=torch.int8), torch.zeros(8))
     with pytest.raises(ValueError, match="CUDA"):
         ops.rmsnorm_quantize_int8(torch.zeros(4, 64), torch.zeros(64), 1e-5)
+    with pytest.raises(ValueError, match="contiguous CUDA tensor"):
+        ops.stream_read(torch.zeros(16))
