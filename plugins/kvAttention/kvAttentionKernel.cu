@@ -863,9 +863,11 @@ constexpr int kProducers = 256;             // 2 producer warpgroups (one: 5% sl
 constexpr int kThreads = kProducers + 256;  // + 2 consumer warpgroups
 constexpr int kRawStages = 3;               // cp.async two tiles ahead + the one being dequantized
 constexpr int kStages = 3;                  // fp16 K/V stages (4: no faster, NOTES log 25)
-// named barrier ids: FULL[3], EMPTY[3], the producers', the consumers'
-constexpr int kFull = 1, kEmpty = 1 + kStages, kProd = 1 + 2 * kStages, kCons = kProd + 1;
-__device__ __forceinline__ int swz(int row, int chunk) {  // byte offset inside a block
+// named barrier ids: FULL[3], EMPTY[3], the producers', the consumers'. [[maybe_unused]] here and
+// below: the sm_80 / sm_89 passes compile the kernel that uses them to nothing (sm_90a only).
+[[maybe_unused]] constexpr int kFull = 1, kEmpty = 1 + kStages, kProd = 1 + 2 * kStages,
+                               kCons = kProd + 1;
+[[maybe_unused]] __device__ __forceinline__ int swz(int row, int chunk) {  // byte offset in a block
   return row * 128 + ((chunk ^ (row & 7)) << 4);
 }
 template <int D>
@@ -876,10 +878,10 @@ struct Smem {
     return 1024 + (2 + 2 * kStages) * kTileB + kRawStages * rawBytes(P) + kPrefillRows * 8;
   }
 };
-__device__ __forceinline__ void barSync(int id, int n) {
+[[maybe_unused]] __device__ __forceinline__ void barSync(int id, int n) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory");
 }
-__device__ __forceinline__ void barArrive(int id, int n) {
+[[maybe_unused]] __device__ __forceinline__ void barArrive(int id, int n) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(n) : "memory");
 }
 }  // namespace wgp
