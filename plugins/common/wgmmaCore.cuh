@@ -62,6 +62,38 @@ __device__ __forceinline__ void tileCoords(int tile, int tilesM, int tilesN, int
   nt = r / gsz;
 }
 
+// The stage ring of the warp-specialized kernels (thread 0 sets it up, then fences and syncs):
+// FULL[s] completes on the producer's arrive.expect_tx plus the TMA bytes, EMPTY[s] on
+// `consumers` arrivals (consumer warpgroups, or warps in the wide W4A4 kernel).
+template <int STAGES>
+__device__ __forceinline__ void initStageRing(uint32_t fullBar, uint32_t emptyBar, int consumers) {
+  for (int s = 0; s < STAGES; ++s) {
+    mbarInit(fullBar + 8 * s, 1);
+    mbarInit(emptyBar + 8 * s, consumers);
+  }
+}
+
+// The producer's walk (one thread): for tiles tile0, tile0 + step, ... and slices [i0, i1) of
+// each, one stage per slice in ring order: wait until the stage is empty, then load(i, mt, nt,
+// stage address, its FULL barrier) arms the barrier and issues the stage's TMA loads.
+template <int STAGES, int STAGE_BYTES, class Load>
+__device__ __forceinline__ void produceStages(int tilesM, int tilesN, int tile0, int step, int i0,
+                                              int i1, uint32_t sbase, uint32_t fullBar,
+                                              uint32_t emptyBar, Load&& load) {
+  const int tiles = tilesM * tilesN;
+  int stage = 0;
+  uint32_t phase = 0;
+  for (int tile = tile0; tile < tiles; tile += step) {
+    int mt, nt;
+    tileCoords(tile, tilesM, tilesN, mt, nt);
+    for (int i = i0; i < i1; ++i) {
+      mbarWait(emptyBar + 8 * stage, phase ^ 1);
+      load(i, mt, nt, sbase + stage * STAGE_BYTES, fullBar + 8 * stage);
+      if (++stage == STAGES) { stage = 0; phase ^= 1; }
+    }
+  }
+}
+
 // The first 1024-byte aligned address (of the shared window) at or after p. Pointer arithmetic on
 // the __shared__ array itself: a round trip through uintptr_t hid the address space from the
 // compiler, which then emitted generic LD/ST with 64-bit address math for every shared access
@@ -114,22 +146,40 @@ __device__ __forceinline__ void w8aProducer(const CUtensorMap* tmA, const CUtens
                                             int kbEnd) {
   tmaPrefetchDesc(tmA);
   tmaPrefetchDesc(tmB);
-  const int tiles = p.tilesM * p.tilesN;
-  int stage = 0;
-  uint32_t phase = 0;
-  for (int tile = tile0; tile < tiles; tile += step) {
-    int mt, nt;
-    tileCoords(tile, p.tilesM, p.tilesN, mt, nt);
-    for (int kb = kbBeg; kb < kbEnd; ++kb) {
-      mbarWait(emptyBar + 8 * stage, phase ^ 1);
-      const uint32_t fb = fullBar + 8 * stage;
-      mbarExpectTx(fb, p.aRows * C::BK + C::kBBytes);
-      const uint32_t sA = sbase + stage * C::kStageBytes;
-      tmaLoad2d(sA, tmA, kb * C::BK, mt * C::BM, fb);
-      tmaLoad2d(sA + C::kABytes, tmB, kb * C::BK, nt * BN, fb);
-      if (++stage == C::STAGES) { stage = 0; phase ^= 1; }
-    }
-  }
+  produceStages<C::STAGES, C::kStageBytes>(
+      p.tilesM, p.tilesN, tile0, step, kbBeg, kbEnd, sbase, fullBar, emptyBar,
+      [&](int kb, int mt, int nt, uint32_t sA, uint32_t fb) {
+        mbarExpectTx(fb, p.aRows * C::BK + C::kBBytes);
+        tmaLoad2d(sA, tmA, kb * C::BK, mt * C::BM, fb);
+        tmaLoad2d(sA + C::kABytes, tmB, kb * C::BK, nt * BN, fb);
+      });
+}
+
+// The W4A4 producer of configs 7 and 8 (one thread): per slice of 64 bytes of K, an int4 slice
+// (the packed activations, weights and the weight group scales) or an int8 outlier slice.
+template <class C, class Args>
+__device__ __forceinline__ void w4aProducer(const CUtensorMap* tmX4, const CUtensorMap* tmW4,
+                                            const CUtensorMap* tmWs, const CUtensorMap* tmX8,
+                                            const CUtensorMap* tmW8, const Args& p,
+                                            uint32_t sbase, uint32_t fullBar, uint32_t emptyBar) {
+  tmaPrefetchDesc(tmX4);
+  tmaPrefetchDesc(tmW4);
+  tmaPrefetchDesc(tmWs);
+  produceStages<C::STAGES, C::kStageBytes>(
+      p.tilesM, p.tilesN, blockIdx.x, gridDim.x, 0, p.slices4 + p.slices8, sbase, fullBar,
+      emptyBar, [&](int i, int mt, int nt, uint32_t sA, uint32_t fb) {
+        if (i < p.slices4) {
+          mbarExpectTx(fb, C::kABytes + C::kBBytes + C::kWsBytes);
+          tmaLoad2d(sA, tmX4, i * 64, mt * C::BM, fb);
+          tmaLoad2d(sA + C::kABytes, tmW4, i * 64, nt * C::BN, fb);
+          tmaLoad2d(sA + C::kABytes + C::kBBytes, tmWs, nt * C::BN, i, fb);
+        } else {
+          const int j = i - p.slices4;
+          mbarExpectTx(fb, C::kABytes + C::kBBytes);
+          tmaLoad2d(sA, tmX8, j * 64, mt * C::BM, fb);
+          tmaLoad2d(sA + C::kABytes, tmW8, j * 64, nt * C::BN, fb);
+        }
+      });
 }
 
 template <int BN>
@@ -146,10 +196,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int wgi = threadIdx.x / 128;
   const int tiles = p.tilesM * p.tilesN;
   if (threadIdx.x == 0) {
-    for (int s = 0; s < C::STAGES; ++s) {
-      mbarInit(fullBar + 8 * s, 1);
-      mbarInit(emptyBar + 8 * s, 2);  // one arrival per consumer warpgroup
-    }
+    initStageRing<C::STAGES>(fullBar, emptyBar, 2);  // one arrival per consumer warpgroup
     fenceBarrierInit();
   }
   __syncthreads();
@@ -286,10 +333,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int kbBeg = static_cast<int>((long)rank * p.kBlocks / S);
   const int kbEnd = static_cast<int>((long)(rank + 1) * p.kBlocks / S);
   if (threadIdx.x == 0) {
-    for (int s = 0; s < C::STAGES; ++s) {
-      mbarInit(fullBar + 8 * s, 1);
-      mbarInit(emptyBar + 8 * s, 2);
-    }
+    initStageRing<C::STAGES>(fullBar, emptyBar, 2);
     mbarInit(readyBar, S - 1 > 0 ? S - 1 : 1);
     mbarInit(freeBar, S - 1 > 0 ? S - 1 : 1);
     fenceBarrierInit();
@@ -483,10 +527,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int tiles = p.tilesM * p.tilesN;
   const int S = p.slices4 + p.slices8;
   if (threadIdx.x == 0) {
-    for (int s = 0; s < C::STAGES; ++s) {
-      mbarInit(fullBar + 8 * s, 1);
-      mbarInit(emptyBar + 8 * s, 2);
-    }
+    initStageRing<C::STAGES>(fullBar, emptyBar, 2);
     fenceBarrierInit();
   }
   __syncthreads();
@@ -494,32 +535,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (wgi == 0) {  // ---------------- producer ----------------
     setMaxRegsDec<40>();
     if (threadIdx.x == 0) {
-      tmaPrefetchDesc(&tmX4);
-      tmaPrefetchDesc(&tmW4);
-      tmaPrefetchDesc(&tmWs);
-      int stage = 0;
-      uint32_t phase = 0;
-      for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-        int mt, nt;
-        tileCoords(tile, p.tilesM, p.tilesN, mt, nt);
-        for (int i = 0; i < S; ++i) {
-          mbarWait(emptyBar + 8 * stage, phase ^ 1);
-          const uint32_t fb = fullBar + 8 * stage;
-          const uint32_t sA = sbase + stage * C::kStageBytes;
-          if (i < p.slices4) {
-            mbarExpectTx(fb, C::kABytes + C::kBBytes + C::kWsBytes);
-            tmaLoad2d(sA, &tmX4, i * 64, mt * C::BM, fb);
-            tmaLoad2d(sA + C::kABytes, &tmW4, i * 64, nt * C::BN, fb);
-            tmaLoad2d(sA + C::kABytes + C::kBBytes, &tmWs, nt * C::BN, i, fb);
-          } else {
-            const int j = i - p.slices4;
-            mbarExpectTx(fb, C::kABytes + C::kBBytes);
-            tmaLoad2d(sA, &tmX8, j * 64, mt * C::BM, fb);
-            tmaLoad2d(sA + C::kABytes, &tmW8, j * 64, nt * C::BN, fb);
-          }
-          if (++stage == C::STAGES) { stage = 0; phase ^= 1; }
-        }
-      }
+      w4aProducer<C>(&tmX4, &tmW4, &tmWs, &tmX8, &tmW8, p, sbase, fullBar, emptyBar);
     }
   } else {  // ---------------- consumers ----------------
     setMaxRegsInc<232>();

@@ -44,43 +44,15 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int tiles = p.tilesM * p.tilesN;
   const int S = p.slices4 + p.slices8;
   if (threadIdx.x == 0) {
-    for (int s = 0; s < C::STAGES; ++s) {
-      mbarInit(fullBar + 8 * s, 1);
-      mbarInit(emptyBar + 8 * s, 2);
-    }
+    initStageRing<C::STAGES>(fullBar, emptyBar, 2);
     fenceBarrierInit();
   }
   __syncthreads();
 
-  if (wgi == 0) {  // ---------------- producer (as in w4a4WgmmaKernel) ----------------
+  if (wgi == 0) {  // ---------------- producer (w4aProducer, as config 7) ---------------
     setMaxRegsDec<40>();
     if (threadIdx.x == 0) {
-      tmaPrefetchDesc(&tmX4);
-      tmaPrefetchDesc(&tmW4);
-      tmaPrefetchDesc(&tmWs);
-      int stage = 0;
-      uint32_t phase = 0;
-      for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-        int mt, nt;
-        tileCoords(tile, p.tilesM, p.tilesN, mt, nt);
-        for (int i = 0; i < S; ++i) {
-          mbarWait(emptyBar + 8 * stage, phase ^ 1);
-          const uint32_t fb = fullBar + 8 * stage;
-          const uint32_t sA = sbase + stage * C::kStageBytes;
-          if (i < p.slices4) {
-            mbarExpectTx(fb, C::kABytes + C::kBBytes + C::kWsBytes);
-            tmaLoad2d(sA, &tmX4, i * 64, mt * C::BM, fb);
-            tmaLoad2d(sA + C::kABytes, &tmW4, i * 64, nt * C::BN, fb);
-            tmaLoad2d(sA + C::kABytes + C::kBBytes, &tmWs, nt * C::BN, i, fb);
-          } else {
-            const int j = i - p.slices4;
-            mbarExpectTx(fb, C::kABytes + C::kBBytes);
-            tmaLoad2d(sA, &tmX8, j * 64, mt * C::BM, fb);
-            tmaLoad2d(sA + C::kABytes, &tmW8, j * 64, nt * C::BN, fb);
-          }
-          if (++stage == C::STAGES) { stage = 0; phase ^= 1; }
-        }
-      }
+      w4aProducer<C>(&tmX4, &tmW4, &tmWs, &tmX8, &tmW8, p, sbase, fullBar, emptyBar);
     }
   } else {  // ---------------- consumers ----------------
     setMaxRegsInc<232>();

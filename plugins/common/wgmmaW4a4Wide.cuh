@@ -118,10 +118,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int tiles = p.tilesM * p.tilesN;
   const int S = p.slices4 + p.slices8;
   if (threadIdx.x == 0) {
-    for (int s = 0; s < C::STAGES; ++s) {
-      mbarInit(fullBar + 8 * s, 1);
-      mbarInit(emptyBar + 8 * s, 8);  // one arrival per consumer warp
-    }
+    initStageRing<C::STAGES>(fullBar, emptyBar, 8);  // one arrival per consumer warp
     fenceBarrierInit();
   }
   __syncthreads();
@@ -136,30 +133,23 @@ __global__ void __launch_bounds__(kThreads, 1)
       tmaPrefetchDesc(&tmW4);
       tmaPrefetchDesc(&tmWs);
       tmaPrefetchDesc(&tmXs);
-      int stage = 0;
-      uint32_t phase = 0;
-      for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-        int mt, nt;  // token tile, weight tile
-        tileCoords(tile, p.tilesM, p.tilesN, mt, nt);
-        for (int i = 0; i < S; ++i) {
-          mbarWait(emptyBar + 8 * stage, phase ^ 1);
-          const uint32_t fb = fullBar + 8 * stage;
-          const uint32_t st = sbase + stage * C::kStageBytes;
-          if (i < p.slices4) {
-            mbarExpectTx(fb, C::kXBytes + C::kWBytes + C::kWsBytes + C::kXsBytes);
-            tmaLoad2d(st, &tmX, i * 128, mt * C::BM, fb);
-            tmaLoad2d(st + C::kWOff, &tmW4, i * 64, nt * C::BN, fb);
-            tmaLoad2d(st + C::kWsOff, &tmWs, nt * C::BN, i, fb);
-            tmaLoad2d(st + C::kXsOff, &tmXs, mt * C::BM, i, fb);
-          } else {
-            const int j = i - p.slices4;
-            mbarExpectTx(fb, C::BM * 64 + C::kWBytes);
-            tmaLoad2d(st, &tmX8, p.kn + j * 64, mt * C::BM, fb);
-            tmaLoad2d(st + C::kWOff, &tmW8, j * 64, nt * C::BN, fb);
-          }
-          if (++stage == C::STAGES) { stage = 0; phase ^= 1; }
-        }
-      }
+      // token tile mt, weight tile nt
+      produceStages<C::STAGES, C::kStageBytes>(
+          p.tilesM, p.tilesN, blockIdx.x, gridDim.x, 0, S, sbase, fullBar, emptyBar,
+          [&](int i, int mt, int nt, uint32_t st, uint32_t fb) {
+            if (i < p.slices4) {
+              mbarExpectTx(fb, C::kXBytes + C::kWBytes + C::kWsBytes + C::kXsBytes);
+              tmaLoad2d(st, &tmX, i * 128, mt * C::BM, fb);
+              tmaLoad2d(st + C::kWOff, &tmW4, i * 64, nt * C::BN, fb);
+              tmaLoad2d(st + C::kWsOff, &tmWs, nt * C::BN, i, fb);
+              tmaLoad2d(st + C::kXsOff, &tmXs, mt * C::BM, i, fb);
+            } else {
+              const int j = i - p.slices4;
+              mbarExpectTx(fb, C::BM * 64 + C::kWBytes);
+              tmaLoad2d(st, &tmX8, p.kn + j * 64, mt * C::BM, fb);
+              tmaLoad2d(st + C::kWOff, &tmW8, j * 64, nt * C::BN, fb);
+            }
+          });
     }
   } else {  // ---------------- consumers ----------------
     setMaxRegsInc<232>();
